@@ -1,0 +1,221 @@
+"""The `diffcodec` command: parse, call the library, report. Errors become one line on stderr.
+
+Exit codes: 0 success; 1 the input, stream or model was refused (missing file, not an image,
+not a diffcodec file, corrupt or truncated header, wrong model, output exists); 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from collections.abc import Callable, Iterator
+from enum import Enum
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from . import codec
+from .bitstream import CODERS, read_stream
+from .errors import BadInputError, DiffcodecError
+from .image import to_pil
+from .zoo import DEFAULT_MODEL
+
+app = typer.Typer(
+    help="diffcodec: a progressive image codec built on a diffusion model. One file holds a ladder of "
+    "rungs, from a rough preview to the exact original.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+class Recon(str, Enum):
+    """Reconstructions of a lossy rung (see codec.RECONS)."""
+
+    denoise = "denoise"
+    flow = "flow"
+    ancestral = "ancestral"
+
+
+def _one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """The single boundary where library errors become one line on stderr and an exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: object, **kwargs: object) -> None:
+        try:
+            command(*args, **kwargs)
+        except DiffcodecError as e:
+            if os.environ.get("DIFFCODEC_DEBUG") == "1":
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+RECON_HELP = "how to show a lossy rung: denoise (best PSNR), flow (deterministic), ancestral (sampled, sharpest)"
+
+
+@contextmanager
+def _progress(label: str, enabled: bool) -> Iterator[codec.Progress | None]:
+    """A progress bar over network calls on stderr (none when disabled)."""
+    if not enabled:
+        yield None
+        return
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _read(path: Path) -> bytes:
+    if path.is_dir():
+        raise BadInputError(f"{path} is a directory, not a diffcodec file")
+    if not path.exists():
+        raise BadInputError(f"{path}: no such file")
+    return path.read_bytes()
+
+
+def _check_writable(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise BadInputError(f"{path} exists: pass --force to overwrite it")
+    if not path.parent.exists():
+        raise BadInputError(f"{path.parent}: no such directory")
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, then rename: never a half-written output."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _json_float(x: float | None) -> float | str | None:
+    return "inf" if x is not None and math.isinf(x) else x
+
+
+@app.command()
+@_one_line_errors
+def encode(
+    image: Path = typer.Argument(..., help="image file to compress (PNG, JPEG, ...; RGB, grayscale or palette)"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="output file [default: IMAGE with suffix .dcz]"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="model name (a folder of weights/) or path to a model file"),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**63 - 1, help="shared seed [default: random]"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object with bytes, bits, timings and rungs"),
+    force: bool = typer.Option(False, "--force", "-f", help="overwrite OUT if it exists"),
+) -> None:
+    """Compress IMAGE into one progressive file; every prefix of whole chunks decodes."""
+    target = out or image.with_suffix(".dcz")
+    _check_writable(target, force)
+    with _progress("encoding", not as_json) as progress:
+        result = codec.encode_report(image, model=model, seed=seed, progress=progress)
+    _write_atomic(target, lambda p: p.write_bytes(result.data))
+    if as_json:
+        print(json.dumps({
+            "bytes": len(result.data),
+            "bpp": result.bpp,
+            "ideal_bits": result.ideal_bits,
+            "nelbo_bits": result.nelbo_bits,
+            "seconds": result.seconds,
+            "rungs": [{"rung": r.rung, "bytes": r.bytes, "cum_bytes": r.cum_bytes, "bpp": r.bpp,
+                       "psnr": _json_float(r.psnr), "ideal_bits": r.ideal_bits} for r in result.rungs],
+        }))
+        return
+    print(f"{target}: {len(result.data)} bytes, {result.bpp:.3f} bpp lossless, {result.seconds['total']:.1f} s")
+    print(f"{'rung':>4} {'cum_bytes':>10} {'bpp':>8} {'psnr':>7}")
+    for r in result.rungs:
+        print(f"{r.rung:>4} {r.cum_bytes:>10} {r.bpp:>8.3f} {r.psnr:>7.2f}")
+
+
+@app.command()
+@_one_line_errors
+def decode(
+    stream: Path = typer.Argument(..., help="diffcodec file (a truncated file decodes to its best complete rung)"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="output PNG [default: STREAM with suffix .decoded.png]"),
+    rung: Optional[int] = typer.Option(None, "--rung", min=0, help="decode this rung [default: the last complete one]"),
+    recon: Recon = typer.Option(Recon.denoise, "--recon", help=RECON_HELP),
+    all_rungs: Optional[Path] = typer.Option(None, "--all-rungs", help="also write every rung as DIR/rung_KK.png"),
+    model: Optional[str] = typer.Option(None, "--model", help="model to decode with [default: the one named in the file]"),
+    force: bool = typer.Option(False, "--force", "-f", help="overwrite existing outputs"),
+) -> None:
+    """Decode STREAM to a PNG (in the original image mode at the lossless rung)."""
+    data = _read(stream)
+    parsed = read_stream(data)
+    target = out or stream.with_suffix(".decoded.png")
+    _check_writable(target, force)
+    if all_rungs is not None:
+        if all_rungs.exists() and not all_rungs.is_dir():
+            raise BadInputError(f"--all-rungs {all_rungs}: not a directory")
+        all_rungs.mkdir(parents=True, exist_ok=True)
+    last = len(parsed.chunks) if rung is None else rung
+    if last > len(parsed.chunks):
+        raise BadInputError(f"--rung {rung}: this file holds rungs 0 to {len(parsed.chunks)}")
+    lossless = parsed.header.steps + 1
+    header = parsed.header
+    if all_rungs is not None:
+        for k in range(last + 1):
+            _check_writable(all_rungs / f"rung_{k:02d}.png", force)
+    with _progress("decoding", True) as progress:
+        for r in codec.iter_rungs(data, recon.value, last, model, progress=progress,
+                                      only_last=all_rungs is None):
+            if all_rungs is not None:
+                im = to_pil(r.pixels, header.mode, header.palette, r.rung == lossless)
+                _write_atomic(all_rungs / f"rung_{r.rung:02d}.png", lambda p, im=im: im.save(p, format="PNG"))
+    final = to_pil(r.pixels, header.mode, header.palette, r.rung == lossless)
+    _write_atomic(target, lambda p: final.save(p, format="PNG"))
+    kind = "lossless" if r.rung == lossless else recon.value
+    print(f"{target}: rung {r.rung} of {lossless} ({kind}), {r.cum_bytes} bytes, {r.bpp:.3f} bpp")
+
+
+@app.command()
+@_one_line_errors
+def info(
+    stream: Path = typer.Argument(..., help="diffcodec file"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Show the header of STREAM and its rung table (bytes, cumulative bytes, bpp)."""
+    parsed = read_stream(_read(stream))
+    h = parsed.header
+    rungs = [{"rung": r.rung, "bytes": r.bytes, "cum_bytes": r.cum_bytes, "bpp": r.bpp}
+             for r in codec.rung_table(parsed)]
+    coders = [CODERS.get(c.coder, str(c.coder)) for c in parsed.chunks]
+    doc = {"model": h.model_name, "weights_hash": h.weights_hash.hex(), "height": h.height, "width": h.width,
+           "mode": h.mode, "seed": h.seed, "steps": h.steps, "rungs_present": len(parsed.chunks),
+           "rungs_total": h.steps + 1, "complete": parsed.complete, "trailing_bytes": parsed.trailing_bytes,
+           "coders": coders, "rungs": rungs}
+    if as_json:
+        print(json.dumps(doc))
+        return
+    print(f"{stream}: {h.width}x{h.height} {h.mode}, model {h.model_name} ({h.weights_hash.hex()}), "
+          f"seed {h.seed}, {h.steps} steps")
+    status = "complete (last rung lossless)" if parsed.complete else "truncated: lossy rungs only"
+    print(f"{len(parsed.chunks)} of {h.steps + 1} chunks, {status}"
+          + (f", {parsed.trailing_bytes} trailing bytes ignored" if parsed.trailing_bytes else ""))
+    print(f"{'rung':>4} {'bytes':>9} {'cum_bytes':>10} {'bpp':>8}")
+    for r in rungs:
+        print(f"{r['rung']:>4} {r['bytes']:>9} {r['cum_bytes']:>10} {r['bpp']:>8.3f}")
+
+
+def main() -> None:
+    """Console entry point."""
+    app()

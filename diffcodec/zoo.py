@@ -1,0 +1,79 @@
+"""Model name or path -> loaded UQDM with its name and weights hash (stable ids, no list positions)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .errors import ModelError
+from .uqdm import UQDM, ModelConfig
+
+DEFAULT_MODEL = "default"
+WEIGHTS_FILE = "model.pt"
+
+
+def weights_dirs() -> list[Path]:
+    """Where named models live: $DIFFCODEC_WEIGHTS (if set), then the repository's weights/."""
+    dirs = [Path(os.environ["DIFFCODEC_WEIGHTS"])] if os.environ.get("DIFFCODEC_WEIGHTS") else []
+    return dirs + [Path(__file__).resolve().parent.parent / "weights"]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to code, with the identity written into (and checked against) file headers."""
+
+    name: str
+    weights_hash: bytes
+    path: Path
+    model: UQDM
+
+
+def resolve(name_or_path: str | Path) -> tuple[str, Path]:
+    """A zoo name (a folder under weights/) or a path to a model file or folder -> (name, file)."""
+    p = Path(name_or_path)
+    if p.is_dir():
+        p = p / WEIGHTS_FILE
+    if p.is_file():
+        name = p.parent.name if p.name == WEIGHTS_FILE else p.stem
+        return name, p
+    for d in weights_dirs():
+        f = d / str(name_or_path) / WEIGHTS_FILE
+        if f.is_file():
+            return str(name_or_path), f
+    known = sorted({q.parent.name for d in weights_dirs() if d.is_dir() for q in d.glob(f"*/{WEIGHTS_FILE}")})
+    raise ModelError(f"model {str(name_or_path)!r} not found: pass a model file or folder{', or one of ' + ', '.join(known) if known else ' (no named models are installed)'}")
+
+
+def weights_hash(path: Path) -> bytes:
+    """The first 8 bytes of the sha256 of the weights file."""
+    return hashlib.sha256(path.read_bytes()).digest()[:8]
+
+
+def load_file(path: Path, device: str | torch.device = "cpu") -> UQDM:
+    """Build a UQDM from a model file (config + float16/32 state dict, loaded without pickle code)."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        model = UQDM(ModelConfig.from_dict(blob["config"]))
+        model.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
+    except Exception as e:  # any failure to read the file is a model error for the user
+        raise ModelError(f"{path}: not a diffcodec model file ({type(e).__name__}: {e})") from None
+    return model.to(device).eval().requires_grad_(False)
+
+
+@lru_cache(maxsize=4)
+def _load_cached(path: str, mtime: float, device: str) -> LoadedModel:
+    p = Path(path)
+    name = p.parent.name if p.name == WEIGHTS_FILE else p.stem
+    return LoadedModel(name, weights_hash(p), p, load_file(p, device))
+
+
+def load_model(name_or_path: str | Path = DEFAULT_MODEL, device: str = "cpu") -> LoadedModel:
+    """Load (and cache) a model by zoo name or path."""
+    name, path = resolve(name_or_path)
+    loaded = _load_cached(str(path.resolve()), path.stat().st_mtime, device)
+    return LoadedModel(name, loaded.weights_hash, loaded.path, loaded.model)
