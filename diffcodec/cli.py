@@ -69,8 +69,8 @@ RECON_HELP = "how to show a lossy rung: denoise (best PSNR), flow (deterministic
 
 @contextmanager
 def _progress(label: str, enabled: bool) -> Iterator[codec.Progress | None]:
-    """A progress bar over network calls on stderr (none when disabled)."""
-    if not enabled:
+    """A progress bar over network calls on stderr (none when disabled or when stderr is not a terminal)."""
+    if not enabled or not err.is_terminal:
         yield None
         return
     with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -92,22 +92,34 @@ def _read(path: Path) -> bytes:
 
 
 def _check_writable(path: Path, force: bool) -> None:
+    if path.is_dir():
+        raise BadInputError(f"{path} is a directory: give a file name to write")
     if path.exists() and not force:
         raise BadInputError(f"{path} exists: pass --force to overwrite it")
-    if not path.parent.exists():
+    if not path.parent.is_dir():
         raise BadInputError(f"{path.parent}: no such directory")
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file in the same folder, then rename: never a half-written output."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(Path(tmp))
         os.replace(tmp, path)
+    except OSError as e:
+        raise BadInputError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInputError(f"cannot create {path}: {e.strerror or e}") from None
 
 
 def _json_float(x: float | None) -> float | str | None:
@@ -163,28 +175,29 @@ def decode(
     parsed = read_stream(data)
     target = out or stream.with_suffix(".decoded.png")
     _check_writable(target, force)
-    if all_rungs is not None:
-        if all_rungs.exists() and not all_rungs.is_dir():
-            raise BadInputError(f"--all-rungs {all_rungs}: not a directory")
-        all_rungs.mkdir(parents=True, exist_ok=True)
+    if all_rungs is not None and all_rungs.exists() and not all_rungs.is_dir():
+        raise BadInputError(f"--all-rungs {all_rungs}: not a directory")
     last = len(parsed.chunks) if rung is None else rung
     if last > len(parsed.chunks):
         raise BadInputError(f"--rung {rung}: this file holds rungs 0 to {len(parsed.chunks)}")
     lossless = parsed.header.steps + 1
     header = parsed.header
-    if all_rungs is not None:
+    if all_rungs is not None and all_rungs.is_dir():
         for k in range(last + 1):
             _check_writable(all_rungs / f"rung_{k:02d}.png", force)
     with _progress("decoding", True) as progress:
         for r in codec.iter_rungs(data, recon.value, last, model, progress=progress,
                                       only_last=all_rungs is None):
             if all_rungs is not None:
+                _make_dir(all_rungs)
                 im = to_pil(r.pixels, header.mode, header.palette, r.rung == lossless)
                 _write_atomic(all_rungs / f"rung_{r.rung:02d}.png", lambda p, im=im: im.save(p, format="PNG"))
     final = to_pil(r.pixels, header.mode, header.palette, r.rung == lossless)
     _write_atomic(target, lambda p: final.save(p, format="PNG"))
     kind = "lossless" if r.rung == lossless else recon.value
-    print(f"{target}: rung {r.rung} of {lossless} ({kind}), {r.cum_bytes} bytes, {r.bpp:.3f} bpp")
+    cut = f"; the file is cut inside chunk {len(parsed.chunks) + 1} ({parsed.trailing_bytes} bytes ignored)" \
+        if parsed.trailing_bytes else ""
+    print(f"{target}: rung {r.rung} of {lossless} ({kind}), {r.cum_bytes} bytes, {r.bpp:.3f} bpp{cut}")
 
 
 @app.command()

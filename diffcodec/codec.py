@@ -31,12 +31,14 @@ from .uqdm import (
     pixel_bits,
     pixel_prior,
     posterior,
+    posterior_width,
     prior,
     step_bits,
     to_pixel_units,
     to_unit,
     top_bits,
 )
+from .schedule import alpha, sigma
 from .zoo import DEFAULT_MODEL, LoadedModel, load_model
 
 RECONS = ("denoise", "flow", "ancestral")
@@ -135,7 +137,7 @@ class _Ladder:
         """mu_p, sigma_p, delta of step i, and the dither u shared through the seed."""
         g_t, g_s = self.gammas[self.i], self.gammas[self.i + 1]
         mu_p, sigma_p = prior(self.z, self.eps_hat, self.s_hat, g_t, g_s)
-        _, delta = posterior(self.z, self.z, g_t, g_s)  # delta does not depend on x
+        delta = posterior_width(g_t, g_s)
         u = rng.dither(self.seed, self.i, self.shape, self.device)
         return mu_p, sigma_p, delta, u
 
@@ -161,10 +163,10 @@ class _Ladder:
                 g_t, g_s = self.gammas[j], self.gammas[j + 1]
                 if recon == "flow":  # z_s = alpha_s x_hat + sigma_s eps_hat
                     x_hat = denoise(z, eps_hat, g_t).clamp(-1, 1)
-                    z = torch.sigmoid(-g_s).sqrt() * x_hat + torch.sigmoid(g_s).sqrt() * eps_hat
+                    z = alpha(g_s) * x_hat + sigma(g_s) * eps_hat
                 else:  # z_s ~ p(z_s | z_t): logistic(mu_p, sigma_p) + U(-delta/2, delta/2)
                     mu_p, sigma_p = prior(z, eps_hat, s_hat, g_t, g_s)
-                    _, delta = posterior(z, z, g_t, g_s)
+                    delta = posterior_width(g_t, g_s)
                     v, w = rng.uniform(self.seed, rng.ANCESTRAL, j, (2, *self.shape), self.device)
                     v = v.clamp(1e-7, 1 - 1e-7)
                     logistic = logistic_scale(sigma_p) * (torch.log(v) - torch.log1p(-v))  # inverse CDF

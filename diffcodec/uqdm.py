@@ -42,13 +42,17 @@ def log_interval_mass(v: Tensor, half_width: Tensor, b: Tensor) -> Tensor:
     return F.logsigmoid(a) + F.logsigmoid(-c) + torch.log(-torch.expm1(c - a))
 
 
+def posterior_width(gamma_t: Tensor, gamma_s: Tensor) -> Tensor:
+    """delta = sqrt(12) sigma_q with sigma_q = sigma_s sqrt(c), c = -expm1(gamma_s - gamma_t)."""
+    return math.sqrt(12.0) * sigma(gamma_s) * (-torch.expm1(gamma_s - gamma_t)).sqrt()
+
+
 def posterior(z_t: Tensor, x: Tensor, gamma_t: Tensor, gamma_s: Tensor) -> tuple[Tensor, Tensor]:
     """q(z_s | z_t, x) = U(mu_q - delta/2, mu_q + delta/2) with
-    c = -expm1(gamma_s - gamma_t), mu_q = alpha_s ((1 - c) / alpha_t z_t + c x), delta = sqrt(12) sigma_s sqrt(c)."""
+    c = -expm1(gamma_s - gamma_t), mu_q = alpha_s ((1 - c) / alpha_t z_t + c x)."""
     c = -torch.expm1(gamma_s - gamma_t)
     mu_q = alpha(gamma_s) * ((1 - c) / alpha(gamma_t) * z_t + c * x)
-    delta = math.sqrt(12.0) * sigma(gamma_s) * c.sqrt()
-    return mu_q, delta
+    return mu_q, posterior_width(gamma_t, gamma_s)
 
 
 def prior(z_t: Tensor, eps_hat: Tensor, s_hat: Tensor, gamma_t: Tensor, gamma_s: Tensor) -> tuple[Tensor, Tensor]:

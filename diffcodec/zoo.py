@@ -46,7 +46,8 @@ def resolve(name_or_path: str | Path) -> tuple[str, Path]:
         if f.is_file():
             return str(name_or_path), f
     known = sorted({q.parent.name for d in weights_dirs() if d.is_dir() for q in d.glob(f"*/{WEIGHTS_FILE}")})
-    raise ModelError(f"model {str(name_or_path)!r} not found: pass a model file or folder{', or one of ' + ', '.join(known) if known else ' (no named models are installed)'}")
+    choices = f"one of {', '.join(known)}" if known else "no named models are installed"
+    raise ModelError(f"model {str(name_or_path)!r} not found: pass a model file or folder ({choices})")
 
 
 def weights_hash(path: Path) -> bytes:
@@ -61,7 +62,8 @@ def load_file(path: Path, device: str | torch.device = "cpu") -> UQDM:
         model = UQDM(ModelConfig.from_dict(blob["config"]))
         model.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
     except Exception as e:  # any failure to read the file is a model error for the user
-        raise ModelError(f"{path}: not a diffcodec model file ({type(e).__name__}: {e})") from None
+        first_line = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ModelError(f"{path}: not a diffcodec model file ({type(e).__name__}: {first_line})") from None
     return model.to(device).eval().requires_grad_(False)
 
 

@@ -110,3 +110,26 @@ def one_pixel_image(tmp_path: Path) -> Path:
     with Image.open(KODIM01) as im:
         im.convert("RGB").crop((10, 20, 11, 21)).save(path)
     return path
+
+
+def make_unsupported_image(tmp_path: Path, mode: str) -> Path:
+    """A file of an unsupported mode ("RGBA", "I;16", "CMYK", "LA", "I", "P+transparency") made from a
+    real crop: PNG where PNG can hold the mode, else JPEG (CMYK) or TIFF (32-bit I)."""
+    with Image.open(KODIM20) as im:
+        rgb = im.convert("RGB")
+    if mode == "I;16":
+        im16 = Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257)
+        path = tmp_path / "grey16.png"
+        im16.save(path)
+        return path
+    if mode == "CMYK":
+        path = tmp_path / "cmyk.jpg"
+        rgb.convert("CMYK").save(path)
+        return path
+    if mode == "P+transparency":
+        path = tmp_path / "transparent.png"
+        rgb.convert("P", palette=Image.Palette.ADAPTIVE).save(path, transparency=0)
+        return path
+    path = tmp_path / (f"{mode}.tif" if mode == "I" else f"{mode}.png")  # PNG cannot hold 32-bit "I"
+    rgb.convert(mode).save(path)
+    return path

@@ -22,6 +22,7 @@ from conftest import (
     KODIM08,
     KODIM15,
     KODIM20,
+    SAMPLE,
     TINY_NAME,
     TINY_STEPS,
     one_pixel_image,
@@ -31,7 +32,7 @@ from conftest import (
 # --- exact round trips ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [KODIM01, KODIM15, KODIM20, KODIM08], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [KODIM01, KODIM15, KODIM20, KODIM08, SAMPLE], ids=lambda p: p.stem)
 def test_lossless_round_trip_real_crops(path: Path, tiny_model: Path, encoded: Callable[[Path], bytes]) -> None:
     data = encoded(path)
     pixels = diffcodec.decode(data, model=tiny_model)
@@ -41,6 +42,15 @@ def test_lossless_round_trip_real_crops(path: Path, tiny_model: Path, encoded: C
     h, w = original.shape[:2]
     header = read_stream(data).header
     assert (header.height, header.width, header.mode, header.steps) == (h, w, "RGB", TINY_STEPS)
+
+
+@pytest.mark.parametrize("height, width", [(1, 7), (7, 1), (2, 3), (17, 1), (5, 5)])
+def test_lossless_round_trip_thin_and_tiny_shapes(height: int, width: int, tiny_model: Path) -> None:
+    pixels = np.ascontiguousarray(rgb_pixels(KODIM08)[:height, 40 : 40 + width])
+    data = diffcodec.encode(pixels, model=tiny_model, seed=1)
+    rungs = diffcodec.decode_rungs(data, model=tiny_model)
+    assert all(r.pixels.shape == (height, width, 3) for r in rungs)
+    assert np.array_equal(rungs[-1].pixels, pixels)
 
 
 def test_lossless_round_trip_one_pixel(tmp_path: Path, tiny_model: Path) -> None:

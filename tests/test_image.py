@@ -14,7 +14,17 @@ from diffcodec import BadInputError
 from diffcodec.bitstream import PALETTE_SIZE, read_stream
 from diffcodec.image import load_image, to_pil
 
-from conftest import KODIM01, KODIM08, KODIM20, SAMPLE, TINY_STEPS, make_mode_image, one_pixel_image, rgb_pixels
+from conftest import (
+    KODIM01,
+    KODIM08,
+    KODIM20,
+    SAMPLE,
+    TINY_STEPS,
+    make_mode_image,
+    make_unsupported_image,
+    one_pixel_image,
+    rgb_pixels,
+)
 
 # --- load_image --------------------------------------------------------------------------------------
 
@@ -62,34 +72,12 @@ def test_load_image_refuses_bad_arrays(array: np.ndarray) -> None:
         load_image(array)
 
 
-def _unsupported(mode: str, tmp_path: Path) -> Path:
-    """A file of an unsupported mode made from a real crop (PNG; CMYK as JPEG, which PNG lacks)."""
-    with Image.open(KODIM20) as im:
-        rgb = im.convert("RGB")
-    if mode == "I;16":
-        im16 = Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257)
-        path = tmp_path / "grey16.png"
-        im16.save(path)
-        return path
-    if mode == "CMYK":
-        path = tmp_path / "cmyk.jpg"
-        rgb.convert("CMYK").save(path)
-        return path
-    if mode == "P+transparency":
-        path = tmp_path / "transparent.png"
-        rgb.convert("P", palette=Image.Palette.ADAPTIVE).save(path, transparency=0)
-        return path
-    path = tmp_path / (f"{mode}.tif" if mode == "I" else f"{mode}.png")  # PNG cannot hold 32-bit "I"
-    rgb.convert(mode).save(path)
-    return path
-
-
 UNSUPPORTED = ["RGBA", "I;16", "CMYK", "LA", "I", "P+transparency"]
 
 
 @pytest.mark.parametrize("mode", UNSUPPORTED)
 def test_unsupported_modes_are_refused_with_a_reason(mode: str, tmp_path: Path, tiny_model: Path) -> None:
-    path = _unsupported(mode, tmp_path)
+    path = make_unsupported_image(tmp_path, mode)
     with Image.open(path) as im:
         assert im.mode != "RGB"
     with pytest.raises(BadInputError, match="convert it") as e:

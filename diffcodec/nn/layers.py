@@ -16,7 +16,8 @@ class GammaEmbedding(nn.Module):
     def __init__(self, dim: int, frequencies: int = 16, gamma_range: tuple[float, float] = (-13.0, 7.0)) -> None:
         super().__init__()
         self.gamma_range = gamma_range
-        self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(frequencies, dtype=torch.float32) / 2**4)
+        freqs = math.pi * 2.0 ** torch.arange(frequencies, dtype=torch.float32) / 2**4
+        self.register_buffer("freqs", freqs, persistent=False)  # a constant: not part of the weights
         self.mlp = nn.Sequential(nn.Linear(2 * frequencies, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, gamma: Tensor) -> Tensor:

@@ -18,6 +18,9 @@ from ..nn import UNetConfig
 from .data import CropCache, list_images, split_holdout
 
 
+HALF_MIN_NUMEL = 4096  # tensors at least this large are stored as float16
+
+
 def save_atomic(obj: dict, path: Path) -> None:
     """torch.save to a temporary file, then rename over `path`."""
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -26,8 +29,11 @@ def save_atomic(obj: dict, path: Path) -> None:
 
 
 def export_weights(ema: UQDM, path: Path) -> None:
-    """Write the EMA weights (float16 on disk) and config as a model file the codec loads."""
-    state = {k: v.detach().cpu().half() if v.is_floating_point() else v.cpu() for k, v in ema.state_dict().items()}
+    """Write the EMA weights and config as a model file the codec loads: convolution and linear weights in
+    float16 (half the size), every small tensor (biases, the schedule's gamma_min) in float32, since the
+    network is sensitive to gamma at the 1e-3 level."""
+    state = {k: v.detach().cpu().half() if v.is_floating_point() and v.numel() >= HALF_MIN_NUMEL else v.detach().cpu()
+             for k, v in ema.state_dict().items()}
     save_atomic({"config": ema.config.to_dict(), "state_dict": state}, path)
 
 
