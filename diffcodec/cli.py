@@ -31,6 +31,8 @@ from .zoo import DEFAULT_MODEL
 app = typer.Typer(
     help="diffcodec: a progressive image codec built on a diffusion model. One file holds a ladder of "
     "rungs, from a rough preview to the exact original.",
+    epilog="Example: diffcodec encode photo.png && diffcodec decode photo.dcz --rung 3.  "
+    "Exit codes: 0 success, 1 refused input, stream or model, 2 usage error.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -130,9 +132,9 @@ def _json_float(x: float | None) -> float | str | None:
 @_one_line_errors
 def encode(
     image: Path = typer.Argument(..., help="image file to compress (PNG, JPEG, ...; RGB, grayscale or palette)"),
-    out: Optional[Path] = typer.Option(None, "-o", "--out", help="output file [default: IMAGE with suffix .dcz]"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="output file (default: IMAGE with suffix .dcz)"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="model name (a folder of weights/) or path to a model file"),
-    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**63 - 1, help="shared seed [default: random]"),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**63 - 1, help="shared seed (default: random)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object with bytes, bits, timings and rungs"),
     force: bool = typer.Option(False, "--force", "-f", help="overwrite OUT if it exists"),
 ) -> None:
@@ -163,11 +165,11 @@ def encode(
 @_one_line_errors
 def decode(
     stream: Path = typer.Argument(..., help="diffcodec file (a truncated file decodes to its best complete rung)"),
-    out: Optional[Path] = typer.Option(None, "-o", "--out", help="output PNG [default: STREAM with suffix .decoded.png]"),
-    rung: Optional[int] = typer.Option(None, "--rung", min=0, help="decode this rung [default: the last complete one]"),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="output PNG (default: STREAM with suffix .decoded.png)"),
+    rung: Optional[int] = typer.Option(None, "--rung", min=0, help="decode this rung (default: the last complete one)"),
     recon: Recon = typer.Option(Recon.denoise, "--recon", help=RECON_HELP),
     all_rungs: Optional[Path] = typer.Option(None, "--all-rungs", help="also write every rung as DIR/rung_KK.png"),
-    model: Optional[str] = typer.Option(None, "--model", help="model to decode with [default: the one named in the file]"),
+    model: Optional[str] = typer.Option(None, "--model", help="model to decode with (default: the one named in the file)"),
     force: bool = typer.Option(False, "--force", "-f", help="overwrite existing outputs"),
 ) -> None:
     """Decode STREAM to a PNG (in the original image mode at the lossless rung)."""

@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--channels", default="64,96,160,256")
     ap.add_argument("--blocks", default="2,2,2,2")
     ap.add_argument("--T", type=int, default=8)
+    ap.add_argument("--gamma-min", type=float, default=-12.0, help="initial gamma(0) (learned)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--save-every", type=float, default=120.0, help="seconds between checkpoints")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (optimiser included)")
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
             unet=UNetConfig(channels=tuple(int(c) for c in args.channels.split(",")),
                             blocks=tuple(int(b) for b in args.blocks.split(","))),
             steps=args.T,
+            gamma_min=args.gamma_min,
         )
     model = UQDM(config).to(dev)
     ema = copy.deepcopy(model).requires_grad_(False)
