@@ -26,6 +26,7 @@ from . import codec
 from .bitstream import CODERS, read_stream
 from .errors import BadInputError, DiffcodecError
 from .image import to_pil
+from .train.command import train_command
 from .zoo import DEFAULT_MODEL
 
 app = typer.Typer(
@@ -229,6 +230,9 @@ def info(
     print(f"{'rung':>4} {'bytes':>9} {'cum_bytes':>10} {'bpp':>8}")
     for r in rungs:
         print(f"{r['rung']:>4} {r['bytes']:>9} {r['cum_bytes']:>10} {r['bpp']:>8.3f}")
+
+
+app.command("train")(_one_line_errors(train_command))
 
 
 def main() -> None:

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import BadInputError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -27,8 +29,11 @@ def split_holdout(paths: list[Path], every: int = 25) -> tuple[list[Path], list[
 
 
 def _load(path: Path) -> torch.Tensor:
-    with Image.open(path) as im:
-        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1).contiguous()
+    try:
+        with Image.open(path) as im:
+            return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1).contiguous()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadInputError(f"{path}: not a readable image ({e})") from None
 
 
 class CropCache:
@@ -38,8 +43,9 @@ class CropCache:
         with ThreadPoolExecutor(workers) as pool:
             images = list(pool.map(_load, paths))
         self.images = [im.to(device) for im in images if min(im.shape[1:]) >= crop]
+        self.skipped = len(images) - len(self.images)  # photos smaller than a crop
         if not self.images:
-            raise ValueError(f"no image of at least {crop} x {crop} pixels")
+            raise BadInputError(f"no photo of at least {crop} x {crop} pixels among {len(paths)}: lower --crop")
         self.crop = crop
         self.device = device
 

@@ -1,0 +1,102 @@
+"""`diffcodec train`: the command-line face of train.loop, with a progress bar and the model card."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+from ..errors import BadInputError
+from .card import measure_ladder, write_card
+from .configs import PRESETS
+from .loop import Status, TrainOptions, train
+
+
+def train_command(
+    data: Path = typer.Argument(..., help="folder of training photos (JPEG/PNG/..., any size; not recursive)"),
+    out: Path = typer.Option(..., "--out", help="model folder, e.g. weights/NAME: gets model.pt, checkpoint.pt, "
+                             "train_log.txt and README.md (the model card)"),
+    config: str = typer.Option("default", "--config", help=f"model preset ({', '.join(PRESETS)}) or a JSON file"),
+    steps: int = typer.Option(100_000, "--steps", min=1, help="total optimiser steps (the cosine schedule ends here)"),
+    batch: int = typer.Option(32, "--batch", min=1, help="crops per step, over all processes"),
+    crop: int = typer.Option(128, "--crop", min=16, help="crop side in pixels (smaller photos are skipped)"),
+    lr: float = typer.Option(3e-4, "--lr", min=0.0, help="peak AdamW learning rate"),
+    warmup: int = typer.Option(500, "--warmup", min=0, help="linear warm-up steps"),
+    ema: float = typer.Option(0.999, "--ema", min=0.0, max=1.0, help="EMA decay of the exported weights"),
+    gamma_min: Optional[float] = typer.Option(None, "--gamma-min", help="initial gamma(0) of a new model "
+                                              "(default: the config's)"),
+    val: Optional[Path] = typer.Option(None, "--val", help="validation folder (default: 1 in 25 photos of DATA)"),
+    eval_every: int = typer.Option(1000, "--eval-every", min=0, help="steps between validation NELBOs (0: only at "
+                                   "the end)"),
+    eval_batches: int = typer.Option(8, "--eval-batches", min=1, help="validation batches (fixed crops and noise)"),
+    save_every: int = typer.Option(500, "--save-every", min=1, help="steps between checkpoints"),
+    log_every: int = typer.Option(100, "--log-every", min=1, help="steps between log lines"),
+    minutes: Optional[float] = typer.Option(None, "--minutes", min=0.0, help="stop, with a checkpoint, after this "
+                                            "wall time"),
+    stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1, help="stop, with a checkpoint, after this "
+                                             "many steps of this run (resume later with --resume)"),
+    resume: bool = typer.Option(False, "--resume", help="continue exactly from OUT/checkpoint.pt"),
+    init: Optional[str] = typer.Option(None, "--init", help="start from the weights of a model (name or file)"),
+    seed: int = typer.Option(0, "--seed", min=0, help="seed of the initial weights, crops and noise"),
+    threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch's default)"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda"),
+    measure: Optional[Path] = typer.Option(None, "--measure", help="after training, code every photo of this "
+                                           "folder (e.g. Kodak) and put the rung table in the model card"),
+    force: bool = typer.Option(False, "--force", "-f", help="start over even if OUT already holds a model"),
+) -> None:
+    """Train a UQDM model on random crops of DATA. Resumable, and data-parallel under torchrun:
+    `torchrun --nproc_per_node N -m diffcodec train DATA --out DIR` (gloo on CPU, nccl on CUDA)."""
+    import torch
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise BadInputError(f"--device {device!r}: choose auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BadInputError("--device cuda: no CUDA device is available")
+    for folder, flag in ((data, "DATA"), (val, "--val"), (measure, "--measure")):
+        if folder is not None and not folder.is_dir():
+            raise BadInputError(f"{flag} {folder}: not a directory")
+    if threads:
+        torch.set_num_threads(threads)
+    opts = TrainOptions(data=data, out=out, config=config, steps=steps, batch=batch, crop=crop, lr=lr, warmup=warmup,
+                        ema=ema, gamma_min=gamma_min, val=val, eval_every=eval_every, eval_batches=eval_batches, save_every=save_every,
+                        log_every=log_every, minutes=minutes, stop_after=stop_after, resume=resume, init=init,
+                        seed=seed, device=device, force=force)
+    main = int(os.environ.get("RANK", "0")) == 0
+    console = Console(stderr=True)
+    with _bar(console, main and console.is_terminal) as (bar, task):
+        def report(s: Status) -> None:
+            val_text = "-" if s.val_bpd is None else f"{s.val_bpd:.3f}"
+            bar.update(task, completed=s.step, total=s.steps,
+                       stats=f"bpd {s.bpd:.3f} val {val_text} lr {s.lr:.1e} {s.crops_per_s:.0f} crops/s")
+
+        summary = train(opts, report if bar else None, log=(bar.console.print if bar else print) if main else None)
+    if not main:
+        return
+    ladder = None
+    if measure is not None:
+        print(f"measuring the rungs on {measure} ...", flush=True)
+        ladder = measure_ladder(measure, out / "model.pt")
+    command = shlex.join(["diffcodec", "train", *sys.argv[2:]])
+    card = write_card(opts, summary, command, ladder)
+    print(f"{out / 'model.pt'}: step {summary.step} of {steps}, validation {summary.val_bpd:.4f} bits/dim; "
+          f"model card {card}")
+
+
+@contextmanager
+def _bar(console: Console, enabled: bool) -> Iterator[tuple[Progress | None, TaskID | None]]:
+    """A progress bar with a free-text stats column on a terminal, or (None, None)."""
+    if not enabled:
+        yield None, None
+        return
+    with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
+        yield bar, bar.add_task("training", total=None, stats="")
