@@ -12,7 +12,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from . import rng
-from .bitstream import CODER_UQ, CODERS, Chunk, Header, Stream, read_stream, write_stream
+from .bitstream import CODER_UQ, CODERS, Chunk, Header, Stream, read_stream, rung_check, write_stream
 from .entropy import decode_symbols, encode_symbols
 from .errors import BadInputError, BitstreamError, ModelError
 from .image import SourceImage, load_image, to_pil
@@ -187,12 +187,15 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
     loaded = load_model(model, device)
     seed = secrets.randbits(63) if seed is None else int(seed)
     h, w = src.pixels.shape[:2]
-    header = Header(loaded.name, loaded.weights_hash, h, w, src.mode, src.palette, seed, loaded.model.steps)
+    # validates every field before any work; the rung-0 check is known once the ladder has started
+    header = Header(loaded.name, loaded.weights_hash, h, w, src.mode, src.palette, seed, loaded.model.steps, 0)
     timer = Timer()
     ladder = _Ladder(loaded, seed, h, w, timer, progress)
     pixels = _pixels_tensor(src, ladder.device)
     x = to_unit(pixels)
-    chunks, bits, psnrs = [], [], [psnr(ladder.reconstruct("denoise"), src.pixels)]
+    shown = ladder.reconstruct("denoise")
+    header = replace(header, check=rung_check(shown.tobytes()))
+    chunks, bits, psnrs = [], [], [psnr(shown, src.pixels)]
     nelbo = 0.0
     for i in range(ladder.T):
         t = time.perf_counter()
@@ -204,15 +207,16 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
         payload, b = encode_symbols(_flat(k).long().numpy(), mean, scale, clock=timer.clock)
         z_s = (k - u) * delta + mu_p
         nelbo += float(step_bits(z_s, mu_p, sigma_p, delta).double().sum())
-        chunks.append(Chunk(CODER_UQ, payload))
         bits.append(b)
         ladder.advance(k, mu_p, delta, u)
-        psnrs.append(psnr(ladder.reconstruct("denoise"), src.pixels))
+        shown = ladder.reconstruct("denoise")
+        chunks.append(Chunk(CODER_UQ, payload, rung_check(shown.tobytes())))
+        psnrs.append(psnr(shown, src.pixels))
     m, b_x = ladder.pixel_model()
     payload, b = encode_symbols(_flat(pixels).long().numpy(), m, b_x, lo=0, hi=255, clock=timer.clock)
     nelbo += float(pixel_bits(_flat(pixels), m, b_x).double().sum())
     nelbo += float(top_bits(x, ladder.gammas[0]).double().sum())  # not sent: z_1 comes from the seed
-    chunks.append(Chunk(CODER_UQ, payload))
+    chunks.append(Chunk(CODER_UQ, payload, rung_check(src.pixels.tobytes())))
     bits.append(b)
     psnrs.append(math.inf)
     data = write_stream(header, chunks)
@@ -228,6 +232,16 @@ def encode(image: str | Path | Image.Image | np.ndarray, model: str | Path = DEF
            seed: int | None = None, device: str = "cpu", progress: Progress | None = None) -> bytes:
     """Encode an image (path, PIL image or uint8 array) into the bytes of a diffcodec file."""
     return encode_report(image, model, seed, device, progress).data
+
+
+def _verify(k: int, pixels: np.ndarray, expected: int) -> None:
+    """Refuse rung k if its pixels differ from what the encoder saw there (its stored rung_check)."""
+    if rung_check(pixels.tobytes()) != expected:
+        verified = f"; rungs 0 to {k - 1} decoded correctly" if k else ""
+        raise BitstreamError(
+            f"rung {k} fails its reconstruction check: this decoder computes different pixels than the encoder "
+            f"did (another CPU/GPU, thread count or torch version), so it cannot give the right image{verified}"
+        )
 
 
 def rung_table(stream: Stream) -> list[Rung]:
@@ -268,24 +282,36 @@ def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, mod
         raise BadInputError(f"rung {last} is not in this file: it holds rungs 0 to {len(stream.chunks)}")
     h, w = stream.header.height, stream.header.width
     ladder = _Ladder(loaded, stream.header.seed, h, w, Timer(), progress)
+    checks = [stream.header.check] + [chunk.check for chunk in stream.chunks]
+
+    def shown(k: int) -> np.ndarray | None:
+        """Verify rung k's denoise reconstruction; return the asked-for reconstruction if rung k is yielded."""
+        denoised = ladder.reconstruct("denoise")
+        _verify(k, denoised, checks[k])
+        if only_last and k != last:
+            return None
+        return denoised if recon == "denoise" else ladder.reconstruct(recon)
 
     def rung(k: int, pixels: np.ndarray) -> Rung:
         r = table[k]
         return Rung(k, pixels, r.bytes, r.cum_bytes, r.bpp)
 
-    if last == 0 or not only_last:
-        yield rung(0, ladder.reconstruct(recon))
+    pixels = shown(0)
+    if pixels is not None:
+        yield rung(0, pixels)
     for i, chunk in enumerate(stream.chunks[:last]):
         if i < ladder.T:
             mu_p, sigma_p, delta, u = ladder.step_prior()
             k = torch.from_numpy(decode_symbols(chunk.payload, *step_coding_model(u, sigma_p, delta), clock=ladder.timer.clock))
             ladder.advance(k, mu_p, delta, u)
-            if i + 1 == last or not only_last:
-                yield rung(i + 1, ladder.reconstruct(recon))
+            pixels = shown(i + 1)
         else:
             m, b = ladder.pixel_model()
-            pixels = decode_symbols(chunk.payload, m, b, lo=0, hi=255, clock=ladder.timer.clock).astype(np.uint8)
-            yield rung(i + 1, pixels.reshape(3, h, w).transpose(1, 2, 0).copy())
+            flat = decode_symbols(chunk.payload, m, b, lo=0, hi=255, clock=ladder.timer.clock).astype(np.uint8)
+            pixels = flat.reshape(3, h, w).transpose(1, 2, 0).copy()
+            _verify(i + 1, pixels, chunk.check)
+        if pixels is not None:
+            yield rung(i + 1, pixels)
 
 
 def decode(data: bytes, rung: int | None = None, recon: str = "denoise", model: str | Path | None = None,
