@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from . import rng
+from .determinism import one_thread
 from .bitstream import CODER_UQ, CODERS, Chunk, Header, Stream, read_stream, rung_check, write_stream
 from .entropy import decode_symbols, encode_symbols
 from .errors import BadInputError, BitstreamError, ModelError
@@ -121,10 +122,14 @@ class _Ladder:
         self.z = rng.normal(seed, rng.TOP_NOISE, 0, self.shape, self.device)  # z_1 ~ N(0, I) from the seed
         self._predict()
 
+    def _net(self, z: torch.Tensor, gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps_hat, s_hat), bit-identical in encoder and decoder processes (see determinism.py)."""
+        with torch.no_grad(), one_thread():
+            return self.model.predict(z, gamma)
+
     def _predict(self) -> None:
         t = time.perf_counter()
-        with torch.no_grad():
-            self.eps_hat, self.s_hat = self.model.predict(self.z, self.gammas[self.i])
+        self.eps_hat, self.s_hat = self._net(self.z, self.gammas[self.i])
         self.timer.network += time.perf_counter() - t
         if self.progress:
             self.progress(self.i + 1, self.T + 1)
@@ -171,7 +176,7 @@ class _Ladder:
                     v = v.clamp(1e-7, 1 - 1e-7)
                     logistic = logistic_scale(sigma_p) * (torch.log(v) - torch.log1p(-v))  # inverse CDF
                     z = mu_p + logistic + (w - 0.5) * delta
-                eps_hat, s_hat = self.model.predict(z, g_s)
+                eps_hat, s_hat = self._net(z, g_s)
             return _to_uint8(denoise(z, eps_hat, self.gammas[self.T]).clamp(-1, 1))
 
 
