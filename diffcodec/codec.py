@@ -43,6 +43,9 @@ from .schedule import alpha, sigma
 from .zoo import DEFAULT_MODEL, LoadedModel, load_model
 
 RECONS = ("denoise", "flow", "ancestral")
+MAX_PIXELS = 2**28
+"""Largest H x W the decoder accepts by default (`max_pixels=`, `--max-pixels`): a header claiming more is
+refused before anything is allocated."""
 Progress = Callable[[int, int], None]  # (done, total) after each network call
 
 
@@ -259,14 +262,27 @@ def rung_table(stream: Stream) -> list[Rung]:
     return rows
 
 
-def open_stream(data: bytes, model: str | Path | None = None, device: str = "cpu") -> tuple[Stream, LoadedModel]:
-    """Parse a file and load the model it was coded with (checked by weights hash)."""
+def open_stream(data: bytes, model: str | Path | None = None, device: str = "cpu", *,
+                max_pixels: int = MAX_PIXELS) -> tuple[Stream, LoadedModel]:
+    """Parse a file and load the model it was coded with (checked by weights hash); refuse a header of more
+    than `max_pixels` pixels before anything is allocated."""
     stream = read_stream(data)
+    h, w = stream.header.height, stream.header.width
+    if h * w > max_pixels:
+        raise BitstreamError(
+            f"the header claims a {w} x {h} image ({h * w} pixels), over the decoder's limit of {max_pixels}: "
+            "if the file is genuine, raise the limit with --max-pixels (max_pixels= in Python)"
+        )
     loaded = load_model(model if model is not None else stream.header.model_name, device)
     if loaded.weights_hash != stream.header.weights_hash:
         raise ModelError(
             f"stream was coded with model {stream.header.model_name!r} (weights {stream.header.weights_hash.hex()}), "
             f"but {loaded.path} has weights {loaded.weights_hash.hex()}: pass the matching model with --model"
+        )
+    if stream.header.steps != loaded.model.steps:
+        raise BitstreamError(
+            f"corrupt header: it claims {stream.header.steps} steps, but its model {stream.header.model_name!r} "
+            f"has {loaded.model.steps}"
         )
     for i, chunk in enumerate(stream.chunks):
         if chunk.coder != CODER_UQ:
@@ -275,12 +291,13 @@ def open_stream(data: bytes, model: str | Path | None = None, device: str = "cpu
 
 
 def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, model: str | Path | None = None,
-               device: str = "cpu", progress: Progress | None = None, only_last: bool = False) -> Iterator[Rung]:
+               device: str = "cpu", progress: Progress | None = None, only_last: bool = False, *,
+               max_pixels: int = MAX_PIXELS) -> Iterator[Rung]:
     """Decode rung 0, 1, ... up to `upto` (default: every complete chunk present), yielding each as it is ready
     (only rung `upto` with `only_last`, which skips the other rungs' reconstructions)."""
     if recon not in RECONS:
         raise BadInputError(f"unknown reconstruction {recon!r}: choose one of {', '.join(RECONS)}")
-    stream, loaded = open_stream(data, model, device)
+    stream, loaded = open_stream(data, model, device, max_pixels=max_pixels)
     table = rung_table(stream)
     last = len(stream.chunks) if upto is None else upto
     if not 0 <= last <= len(stream.chunks):
@@ -320,26 +337,26 @@ def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, mod
 
 
 def decode(data: bytes, rung: int | None = None, recon: str = "denoise", model: str | Path | None = None,
-           device: str = "cpu", progress: Progress | None = None) -> np.ndarray:
+           device: str = "cpu", progress: Progress | None = None, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode a diffcodec file to (H, W, 3) uint8 pixels at `rung` (default: the best rung present)."""
     last = None
-    for last in iter_rungs(data, recon, rung, model, device, progress, only_last=True):
+    for last in iter_rungs(data, recon, rung, model, device, progress, only_last=True, max_pixels=max_pixels):
         pass
     assert last is not None
     return last.pixels
 
 
 def decode_rungs(data: bytes, recon: str = "denoise", model: str | Path | None = None,
-                 device: str = "cpu", progress: Progress | None = None) -> list[Rung]:
+                 device: str = "cpu", progress: Progress | None = None, *, max_pixels: int = MAX_PIXELS) -> list[Rung]:
     """Every rung present in the file, with its pixels, bytes and bits per pixel."""
-    return list(iter_rungs(data, recon, None, model, device, progress))
+    return list(iter_rungs(data, recon, None, model, device, progress, max_pixels=max_pixels))
 
 
 def decode_image(data: bytes, rung: int | None = None, recon: str = "denoise", model: str | Path | None = None,
-                 device: str = "cpu", progress: Progress | None = None) -> Image.Image:
+                 device: str = "cpu", progress: Progress | None = None, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Like `decode`, as a PIL image in the original mode (exactly at the lossless rung)."""
     stream = read_stream(data)
-    pixels = decode(data, rung, recon, model, device, progress)
+    pixels = decode(data, rung, recon, model, device, progress, max_pixels=max_pixels)
     last = len(stream.chunks) if rung is None else rung
     exact = last == stream.header.steps + 1
     return to_pil(pixels, stream.header.mode, stream.header.palette, exact)
