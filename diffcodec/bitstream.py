@@ -3,13 +3,18 @@
 Decoding the first k chunks gives rung k of the progressive ladder, so a file cut at any chunk
 boundary is a valid file with fewer chunks; a chunk cut in the middle is dropped and reported.
 Pure byte handling: no torch, no model. The byte layout is specified in docs/format.md; the
-golden file tests/data/golden_v1.bin pins it.
+golden file tests/data/golden_v2.bin pins it.
 
-    >>> h = Header("demo", bytes(8), height=2, width=3, mode="RGB", palette=None, seed=7, steps=2)
-    >>> data = write_stream(h, [Chunk(CODER_UQ, b"step 1")])
+Every rung carries a reconstruction check (`rung_check` of the pixels the encoder saw at that
+rung): the header for rung 0, each chunk for the rung it completes. The decoder recomputes it, so
+a decoder whose arithmetic differs from the encoder's reports an error instead of a wrong image.
+
+    >>> h = Header("demo", bytes(8), height=2, width=3, mode="RGB", palette=None, seed=7, steps=2,
+    ...            check=0)
+    >>> data = write_stream(h, [Chunk(CODER_UQ, b"step 1", check=1)])
     >>> s = read_stream(data[:-1])  # cut inside the only chunk
     >>> (s.header == h, s.chunks, s.trailing_bytes)
-    (True, [], 14)
+    (True, [], 18)
 """
 
 from __future__ import annotations
@@ -35,14 +40,15 @@ __all__ = [
     "Header",
     "Stream",
     "read_stream",
+    "rung_check",
     "write_stream",
 ]
 
 MAGIC = b"\x89DCZ"
 """First 4 bytes of every diffcodec file (non-ASCII first byte, like PNG's)."""
 
-FORMAT_VERSION = 1
-"""The only container version this module writes and reads."""
+FORMAT_VERSION = 2
+"""The only container version this module writes and reads (version 1 files are refused)."""
 
 CODER_UQ = 1
 CODER_REC = 2
@@ -62,19 +68,30 @@ MAX_NAME_BYTES = 255
 # Header: fixed prefix (magic, version, header_size), fixed fields, then the model name, the
 # palette (mode "P" only) and the CRC32. See docs/format.md for the table.
 _PREFIX = struct.Struct("<4sBH")  # magic, version, header_size
-_FIELDS = struct.Struct("<IIBHQ8sB")  # height, width, mode, steps, seed, weights_hash, name_len
+_FIELDS = struct.Struct("<IIBHQ8sIB")  # height, width, mode, steps, seed, weights_hash, check, name_len
 _CRC = struct.Struct("<I")
-_MIN_HEADER_SIZE = _PREFIX.size + _FIELDS.size + _CRC.size  # 39: empty name, no palette
+_MIN_HEADER_SIZE = _PREFIX.size + _FIELDS.size + _CRC.size  # 43: empty name, no palette
 
-_CODER_LENGTH = struct.Struct("<BI")  # coder, payload length; the CRC32 follows
-CHUNK_FRAME_SIZE = _CODER_LENGTH.size + _CRC.size
-"""Bytes of framing before each chunk payload (9)."""
+_FRAME_HEAD = struct.Struct("<BII")  # coder, payload length, check; the CRC32 follows
+CHUNK_FRAME_SIZE = _FRAME_HEAD.size + _CRC.size
+"""Bytes of framing before each chunk payload (13)."""
 
 _U16, _U32, _U64 = 2**16 - 1, 2**32 - 1, 2**64 - 1
 
 
 def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def rung_check(pixels: bytes | bytearray | memoryview) -> int:
+    """The reconstruction check of a rung: CRC32 of its (H, W, 3) uint8 RGB pixels in row-major
+    order (`pixels.tobytes()` of a numpy array)."""
+    return zlib.crc32(pixels)
+
+
+def _check_u32(what: str, value: object) -> None:
+    if not _is_int(value) or not 0 <= value <= _U32:  # type: ignore[operator]
+        raise BadInputError(f"{what} must be an int in [0, {_U32}] (a rung_check), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -84,7 +101,8 @@ class Header:
     Construction validates every field (BadInputError with the reason), so a Header is always
     writable. `weights_hash` is the first 8 bytes of sha256(weights file); `palette` is 768 bytes
     for mode "P" and None otherwise; `steps` is T, the number of diffusion steps, so a file holds
-    at most T + 1 chunks (T step chunks, then the lossless chunk).
+    at most T + 1 chunks (T step chunks, then the lossless chunk); `check` is the rung_check of
+    the encoder's rung-0 reconstruction.
     """
 
     model_name: str
@@ -95,6 +113,7 @@ class Header:
     palette: bytes | None
     seed: int
     steps: int
+    check: int
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_name, str) or not self.model_name:
@@ -134,6 +153,7 @@ class Header:
             raise BadInputError(f"seed must be an int in [0, 2**64 - 1], got {self.seed!r}")
         if not _is_int(self.steps) or not 1 <= self.steps <= _U16:
             raise BadInputError(f"steps must be an int in [1, {_U16}], got {self.steps!r}")
+        _check_u32("check", self.check)
 
     @property
     def weights_hash_hex(self) -> str:
@@ -148,10 +168,12 @@ class Header:
 
 @dataclass(frozen=True)
 class Chunk:
-    """One rung's worth of data: the id of the coder that wrote it and its bytes."""
+    """One rung's worth of data: the id of the coder that wrote it, its bytes, and the rung_check of
+    the encoder's reconstruction at the rung it completes (the exact pixels for the last chunk)."""
 
     coder: int
     payload: bytes
+    check: int
 
     def __post_init__(self) -> None:
         if self.coder not in CODERS:
@@ -160,6 +182,7 @@ class Chunk:
             raise BadInputError(f"chunk payload must be bytes, got {type(self.payload).__name__}")
         if len(self.payload) > _U32:
             raise BadInputError(f"chunk payload is {len(self.payload)} bytes; at most {_U32}")
+        _check_u32("chunk check", self.check)
 
 
 @dataclass(frozen=True)
@@ -221,6 +244,7 @@ def _encode_header(header: Header) -> bytes:
                 header.steps,
                 header.seed,
                 header.weights_hash,
+                header.check,
                 len(name),
             ),
             name,
@@ -231,7 +255,7 @@ def _encode_header(header: Header) -> bytes:
 
 
 def _chunk_crc(frame_head: bytes | memoryview, payload: bytes, prev_crc: int) -> int:
-    """CRC32 of coder, length and payload, continuing from the previous CRC in the file (the
+    """CRC32 of coder, length, check and payload, continuing from the previous CRC in the file (the
     header's for chunk 0): this binds each chunk to its header and to the chunks before it."""
     return zlib.crc32(payload, zlib.crc32(frame_head, prev_crc))
 
@@ -247,10 +271,16 @@ def write_stream(header: Header, chunks: Sequence[Chunk]) -> bytes:
     parts = [head]
     (crc,) = _CRC.unpack_from(head, len(head) - _CRC.size)
     for chunk in chunks:
-        coder_and_length = _CODER_LENGTH.pack(chunk.coder, len(chunk.payload))
-        crc = _chunk_crc(coder_and_length, chunk.payload, crc)
-        parts += [coder_and_length, _CRC.pack(crc), chunk.payload]
+        frame_head = _FRAME_HEAD.pack(chunk.coder, len(chunk.payload), chunk.check)
+        crc = _chunk_crc(frame_head, chunk.payload, crc)
+        parts += [frame_head, _CRC.pack(crc), chunk.payload]
     return b"".join(parts)
+
+
+_NEWER = " (written by a newer diffcodec? upgrade to read it)"
+_OTHER_VERSIONS = {
+    1: " (version 1 has no reconstruction checks; decode it with diffcodec 0.1.0, then re-encode)",
+}
 
 
 def _read_header(data: memoryview) -> tuple[Header, int]:
@@ -267,10 +297,9 @@ def _read_header(data: memoryview) -> tuple[Header, int]:
         )
     if n > len(MAGIC) and data[len(MAGIC)] != FORMAT_VERSION:
         version = data[len(MAGIC)]
-        newer = " (written by a newer diffcodec? upgrade to read it)"
         raise BitstreamError(
             f"unsupported format version {version}: this diffcodec reads version "
-            f"{FORMAT_VERSION} only{newer if version > FORMAT_VERSION else ''}"
+            f"{FORMAT_VERSION} only{_OTHER_VERSIONS.get(version, '') if version < FORMAT_VERSION else _NEWER}"
         )
     if n < _PREFIX.size:
         raise BitstreamError(f"truncated header: the file has only {n} bytes")
@@ -284,7 +313,7 @@ def _read_header(data: memoryview) -> tuple[Header, int]:
     if zlib.crc32(body) != stored_crc:
         raise BitstreamError("header checksum mismatch: the header is corrupt")
 
-    height, width, mode_id, steps, seed, weights_hash, name_len = _FIELDS.unpack_from(
+    height, width, mode_id, steps, seed, weights_hash, check, name_len = _FIELDS.unpack_from(
         data, _PREFIX.size
     )
     if mode_id not in _MODE_NAMES:
@@ -303,7 +332,7 @@ def _read_header(data: memoryview) -> tuple[Header, int]:
         raise BitstreamError(f"corrupt header: model name is not UTF-8 ({e})") from None
     palette = bytes(data[name_at + name_len : name_at + name_len + palette_len]) or None
     try:
-        header = Header(model_name, weights_hash, height, width, mode, palette, seed, steps)
+        header = Header(model_name, weights_hash, height, width, mode, palette, seed, steps, check)
     except BadInputError as e:
         raise BitstreamError(f"corrupt header: {e}") from None
     return header, size
@@ -331,20 +360,20 @@ def read_stream(data: bytes | bytearray | memoryview) -> Stream:
             )
         if n - pos < CHUNK_FRAME_SIZE:
             break  # cut inside the framing
-        coder, length = _CODER_LENGTH.unpack_from(view, pos)
-        (stored_crc,) = _CRC.unpack_from(view, pos + _CODER_LENGTH.size)
+        coder, length, check = _FRAME_HEAD.unpack_from(view, pos)
+        (stored_crc,) = _CRC.unpack_from(view, pos + _FRAME_HEAD.size)
         end = pos + CHUNK_FRAME_SIZE + length
         if end > n:
             break  # cut inside the payload
         payload = bytes(view[pos + CHUNK_FRAME_SIZE : end])
-        if _chunk_crc(view[pos : pos + _CODER_LENGTH.size], payload, crc) != stored_crc:
+        if _chunk_crc(view[pos : pos + _FRAME_HEAD.size], payload, crc) != stored_crc:
             raise BitstreamError(f"chunk {len(chunks)} checksum mismatch: the chunk is corrupt")
         if coder not in CODERS:
             raise BitstreamError(
                 f"chunk {len(chunks)}: unknown coder id {coder} (this diffcodec knows "
                 f"{_known_coders()}); a newer diffcodec may read it"
             )
-        chunks.append(Chunk(coder, payload))
+        chunks.append(Chunk(coder, payload, check))
         spans.append(ChunkSpan(pos, end - pos))
         crc, pos = stored_crc, end
     return Stream(header, chunks, header_size, spans, n - pos)

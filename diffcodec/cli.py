@@ -1,7 +1,9 @@
 """The `diffcodec` command: parse, call the library, report. Errors become one line on stderr.
 
 Exit codes: 0 success; 1 the input, stream or model was refused (missing file, not an image,
-not a diffcodec file, corrupt or truncated header, wrong model, output exists); 2 usage errors.
+not a diffcodec file, corrupt or truncated header, wrong model, output exists), or an unexpected
+failure (reported as an internal error); 2 usage errors. `--debug` (or DIFFCODEC_DEBUG=1) lets the
+exception and its traceback through instead.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ app = typer.Typer(
     help="diffcodec: a progressive image codec built on a diffusion model. One file holds a ladder of "
     "rungs, from a rough preview to the exact original.",
     epilog="Example: diffcodec encode photo.png && diffcodec decode photo.dcz --rung 3.  "
-    "Exit codes: 0 success, 1 refused input, stream or model, 2 usage error.",
+    "Exit codes: 0 success, 1 refused input, stream or model (or an internal error), 2 usage error.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -48,21 +50,47 @@ class Recon(str, Enum):
     ancestral = "ancestral"
 
 
+_run = {"debug": False}  # this invocation's global options, set by _options
+
+
+@app.callback()
+def _options(
+    debug: bool = typer.Option(False, "--debug", help="show the exception and traceback of an error (as DIFFCODEC_DEBUG=1)"),
+) -> None:
+    """Options for every command, given before it: diffcodec --debug decode ..."""
+    _run["debug"] = debug
+
+
+def _debug() -> bool:
+    return _run["debug"] or os.environ.get("DIFFCODEC_DEBUG") == "1"
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    print(f"error: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
 def _one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
-    """The single boundary where library errors become one line on stderr and an exit code."""
+    """The single boundary where every error becomes one line on stderr and an exit code (unless --debug)."""
 
     @functools.wraps(command)
     def wrapper(*args: object, **kwargs: object) -> None:
         try:
             command(*args, **kwargs)
-        except DiffcodecError as e:
-            if os.environ.get("DIFFCODEC_DEBUG") == "1":
-                raise
-            print(f"error: {e}", file=sys.stderr)
-            raise typer.Exit(e.exit_code) from None
+        except (typer.Exit, typer.Abort):
+            raise
         except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
-            raise typer.Exit(130) from None
+            raise _fail("interrupted", 130) from None
+        except Exception as e:
+            if _debug():
+                raise
+            if isinstance(e, DiffcodecError):
+                raise _fail(str(e), e.exit_code) from None
+            if isinstance(e, MemoryError):
+                raise _fail("out of memory: the image is too large for this machine", 1) from None
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            raise _fail(f"internal error ({type(e).__name__}: {first_line}): please report it with the "
+                        "traceback that --debug shows", 1) from None
 
     return wrapper
 
@@ -91,7 +119,10 @@ def _read(path: Path) -> bytes:
         raise BadInputError(f"{path} is a directory, not a diffcodec file")
     if not path.exists():
         raise BadInputError(f"{path}: no such file")
-    return path.read_bytes()
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise BadInputError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def _check_writable(path: Path, force: bool) -> None:
@@ -172,6 +203,8 @@ def decode(
     all_rungs: Optional[Path] = typer.Option(None, "--all-rungs", help="also write every rung as DIR/rung_KK.png"),
     model: Optional[str] = typer.Option(None, "--model", help="model to decode with (default: the one named in the file)"),
     force: bool = typer.Option(False, "--force", "-f", help="overwrite existing outputs"),
+    max_pixels: int = typer.Option(codec.MAX_PIXELS, "--max-pixels", min=1,
+                                   help="refuse a file whose header claims more pixels than this"),
 ) -> None:
     """Decode STREAM to a PNG (in the original image mode at the lossless rung)."""
     data = _read(stream)
@@ -190,7 +223,7 @@ def decode(
             _check_writable(all_rungs / f"rung_{k:02d}.png", force)
     with _progress("decoding", True) as progress:
         for r in codec.iter_rungs(data, recon.value, last, model, progress=progress,
-                                      only_last=all_rungs is None):
+                                  only_last=all_rungs is None, max_pixels=max_pixels):
             if all_rungs is not None:
                 _make_dir(all_rungs)
                 im = to_pil(r.pixels, header.mode, header.palette, r.rung == lossless)

@@ -12,7 +12,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from . import rng
-from .bitstream import CODER_UQ, CODERS, Chunk, Header, Stream, read_stream, write_stream
+from .determinism import one_thread
+from .bitstream import CODER_UQ, CODERS, Chunk, Header, Stream, read_stream, rung_check, write_stream
 from .entropy import decode_symbols, encode_symbols
 from .errors import BadInputError, BitstreamError, ModelError
 from .image import SourceImage, load_image, to_pil
@@ -42,6 +43,9 @@ from .schedule import alpha, sigma
 from .zoo import DEFAULT_MODEL, LoadedModel, load_model
 
 RECONS = ("denoise", "flow", "ancestral")
+MAX_PIXELS = 2**28
+"""Largest H x W the decoder accepts by default (`max_pixels=`, `--max-pixels`): a header claiming more is
+refused before anything is allocated."""
 Progress = Callable[[int, int], None]  # (done, total) after each network call
 
 
@@ -121,10 +125,14 @@ class _Ladder:
         self.z = rng.normal(seed, rng.TOP_NOISE, 0, self.shape, self.device)  # z_1 ~ N(0, I) from the seed
         self._predict()
 
+    def _net(self, z: torch.Tensor, gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps_hat, s_hat), bit-identical in encoder and decoder processes (see determinism.py)."""
+        with torch.no_grad(), one_thread():
+            return self.model.predict(z, gamma)
+
     def _predict(self) -> None:
         t = time.perf_counter()
-        with torch.no_grad():
-            self.eps_hat, self.s_hat = self.model.predict(self.z, self.gammas[self.i])
+        self.eps_hat, self.s_hat = self._net(self.z, self.gammas[self.i])
         self.timer.network += time.perf_counter() - t
         if self.progress:
             self.progress(self.i + 1, self.T + 1)
@@ -171,7 +179,7 @@ class _Ladder:
                     v = v.clamp(1e-7, 1 - 1e-7)
                     logistic = logistic_scale(sigma_p) * (torch.log(v) - torch.log1p(-v))  # inverse CDF
                     z = mu_p + logistic + (w - 0.5) * delta
-                eps_hat, s_hat = self.model.predict(z, g_s)
+                eps_hat, s_hat = self._net(z, g_s)
             return _to_uint8(denoise(z, eps_hat, self.gammas[self.T]).clamp(-1, 1))
 
 
@@ -187,12 +195,15 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
     loaded = load_model(model, device)
     seed = secrets.randbits(63) if seed is None else int(seed)
     h, w = src.pixels.shape[:2]
-    header = Header(loaded.name, loaded.weights_hash, h, w, src.mode, src.palette, seed, loaded.model.steps)
+    # validates every field before any work; the rung-0 check is known once the ladder has started
+    header = Header(loaded.name, loaded.weights_hash, h, w, src.mode, src.palette, seed, loaded.model.steps, 0)
     timer = Timer()
     ladder = _Ladder(loaded, seed, h, w, timer, progress)
     pixels = _pixels_tensor(src, ladder.device)
     x = to_unit(pixels)
-    chunks, bits, psnrs = [], [], [psnr(ladder.reconstruct("denoise"), src.pixels)]
+    shown = ladder.reconstruct("denoise")
+    header = replace(header, check=rung_check(shown.tobytes()))
+    chunks, bits, psnrs = [], [], [psnr(shown, src.pixels)]
     nelbo = 0.0
     for i in range(ladder.T):
         t = time.perf_counter()
@@ -204,15 +215,16 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
         payload, b = encode_symbols(_flat(k).long().numpy(), mean, scale, clock=timer.clock)
         z_s = (k - u) * delta + mu_p
         nelbo += float(step_bits(z_s, mu_p, sigma_p, delta).double().sum())
-        chunks.append(Chunk(CODER_UQ, payload))
         bits.append(b)
         ladder.advance(k, mu_p, delta, u)
-        psnrs.append(psnr(ladder.reconstruct("denoise"), src.pixels))
+        shown = ladder.reconstruct("denoise")
+        chunks.append(Chunk(CODER_UQ, payload, rung_check(shown.tobytes())))
+        psnrs.append(psnr(shown, src.pixels))
     m, b_x = ladder.pixel_model()
     payload, b = encode_symbols(_flat(pixels).long().numpy(), m, b_x, lo=0, hi=255, clock=timer.clock)
     nelbo += float(pixel_bits(_flat(pixels), m, b_x).double().sum())
     nelbo += float(top_bits(x, ladder.gammas[0]).double().sum())  # not sent: z_1 comes from the seed
-    chunks.append(Chunk(CODER_UQ, payload))
+    chunks.append(Chunk(CODER_UQ, payload, rung_check(src.pixels.tobytes())))
     bits.append(b)
     psnrs.append(math.inf)
     data = write_stream(header, chunks)
@@ -230,6 +242,16 @@ def encode(image: str | Path | Image.Image | np.ndarray, model: str | Path = DEF
     return encode_report(image, model, seed, device, progress).data
 
 
+def _verify(k: int, pixels: np.ndarray, expected: int) -> None:
+    """Refuse rung k if its pixels differ from what the encoder saw there (its stored rung_check)."""
+    if rung_check(pixels.tobytes()) != expected:
+        verified = f"; rungs 0 to {k - 1} decoded correctly" if k else ""
+        raise BitstreamError(
+            f"rung {k} fails its reconstruction check: this decoder computes different pixels than the encoder "
+            f"did (another CPU/GPU, thread count or torch version), so it cannot give the right image{verified}"
+        )
+
+
 def rung_table(stream: Stream) -> list[Rung]:
     """Bytes per rung from the parsed container (pixels left empty)."""
     h, w = stream.header.height, stream.header.width
@@ -240,14 +262,27 @@ def rung_table(stream: Stream) -> list[Rung]:
     return rows
 
 
-def open_stream(data: bytes, model: str | Path | None = None, device: str = "cpu") -> tuple[Stream, LoadedModel]:
-    """Parse a file and load the model it was coded with (checked by weights hash)."""
+def open_stream(data: bytes, model: str | Path | None = None, device: str = "cpu", *,
+                max_pixels: int = MAX_PIXELS) -> tuple[Stream, LoadedModel]:
+    """Parse a file and load the model it was coded with (checked by weights hash); refuse a header of more
+    than `max_pixels` pixels before anything is allocated."""
     stream = read_stream(data)
+    h, w = stream.header.height, stream.header.width
+    if h * w > max_pixels:
+        raise BitstreamError(
+            f"the header claims a {w} x {h} image ({h * w} pixels), over the decoder's limit of {max_pixels}: "
+            "if the file is genuine, raise the limit with --max-pixels (max_pixels= in Python)"
+        )
     loaded = load_model(model if model is not None else stream.header.model_name, device)
     if loaded.weights_hash != stream.header.weights_hash:
         raise ModelError(
             f"stream was coded with model {stream.header.model_name!r} (weights {stream.header.weights_hash.hex()}), "
             f"but {loaded.path} has weights {loaded.weights_hash.hex()}: pass the matching model with --model"
+        )
+    if stream.header.steps != loaded.model.steps:
+        raise BitstreamError(
+            f"corrupt header: it claims {stream.header.steps} steps, but its model {stream.header.model_name!r} "
+            f"has {loaded.model.steps}"
         )
     for i, chunk in enumerate(stream.chunks):
         if chunk.coder != CODER_UQ:
@@ -256,59 +291,72 @@ def open_stream(data: bytes, model: str | Path | None = None, device: str = "cpu
 
 
 def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, model: str | Path | None = None,
-               device: str = "cpu", progress: Progress | None = None, only_last: bool = False) -> Iterator[Rung]:
+               device: str = "cpu", progress: Progress | None = None, only_last: bool = False, *,
+               max_pixels: int = MAX_PIXELS) -> Iterator[Rung]:
     """Decode rung 0, 1, ... up to `upto` (default: every complete chunk present), yielding each as it is ready
     (only rung `upto` with `only_last`, which skips the other rungs' reconstructions)."""
     if recon not in RECONS:
         raise BadInputError(f"unknown reconstruction {recon!r}: choose one of {', '.join(RECONS)}")
-    stream, loaded = open_stream(data, model, device)
+    stream, loaded = open_stream(data, model, device, max_pixels=max_pixels)
     table = rung_table(stream)
     last = len(stream.chunks) if upto is None else upto
     if not 0 <= last <= len(stream.chunks):
         raise BadInputError(f"rung {last} is not in this file: it holds rungs 0 to {len(stream.chunks)}")
     h, w = stream.header.height, stream.header.width
     ladder = _Ladder(loaded, stream.header.seed, h, w, Timer(), progress)
+    checks = [stream.header.check] + [chunk.check for chunk in stream.chunks]
+
+    def shown(k: int) -> np.ndarray | None:
+        """Verify rung k's denoise reconstruction; return the asked-for reconstruction if rung k is yielded."""
+        denoised = ladder.reconstruct("denoise")
+        _verify(k, denoised, checks[k])
+        if only_last and k != last:
+            return None
+        return denoised if recon == "denoise" else ladder.reconstruct(recon)
 
     def rung(k: int, pixels: np.ndarray) -> Rung:
         r = table[k]
         return Rung(k, pixels, r.bytes, r.cum_bytes, r.bpp)
 
-    if last == 0 or not only_last:
-        yield rung(0, ladder.reconstruct(recon))
+    pixels = shown(0)
+    if pixels is not None:
+        yield rung(0, pixels)
     for i, chunk in enumerate(stream.chunks[:last]):
         if i < ladder.T:
             mu_p, sigma_p, delta, u = ladder.step_prior()
             k = torch.from_numpy(decode_symbols(chunk.payload, *step_coding_model(u, sigma_p, delta), clock=ladder.timer.clock))
             ladder.advance(k, mu_p, delta, u)
-            if i + 1 == last or not only_last:
-                yield rung(i + 1, ladder.reconstruct(recon))
+            pixels = shown(i + 1)
         else:
             m, b = ladder.pixel_model()
-            pixels = decode_symbols(chunk.payload, m, b, lo=0, hi=255, clock=ladder.timer.clock).astype(np.uint8)
-            yield rung(i + 1, pixels.reshape(3, h, w).transpose(1, 2, 0).copy())
+            flat = decode_symbols(chunk.payload, m, b, lo=0, hi=255, clock=ladder.timer.clock).astype(np.uint8)
+            pixels = flat.reshape(3, h, w).transpose(1, 2, 0).copy()
+            _verify(i + 1, pixels, chunk.check)
+        if pixels is not None:
+            yield rung(i + 1, pixels)
 
 
 def decode(data: bytes, rung: int | None = None, recon: str = "denoise", model: str | Path | None = None,
-           device: str = "cpu", progress: Progress | None = None) -> np.ndarray:
+           device: str = "cpu", progress: Progress | None = None, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode a diffcodec file to (H, W, 3) uint8 pixels at `rung` (default: the best rung present)."""
     last = None
-    for last in iter_rungs(data, recon, rung, model, device, progress, only_last=True):
+    for last in iter_rungs(data, recon, rung, model, device, progress, only_last=True, max_pixels=max_pixels):
         pass
     assert last is not None
     return last.pixels
 
 
 def decode_rungs(data: bytes, recon: str = "denoise", model: str | Path | None = None,
-                 device: str = "cpu", progress: Progress | None = None) -> list[Rung]:
+                 device: str = "cpu", progress: Progress | None = None, *, max_pixels: int = MAX_PIXELS) -> list[Rung]:
     """Every rung present in the file, with its pixels, bytes and bits per pixel."""
-    return list(iter_rungs(data, recon, None, model, device, progress))
+    return list(iter_rungs(data, recon, None, model, device, progress, max_pixels=max_pixels))
 
 
 def decode_image(data: bytes, rung: int | None = None, recon: str = "denoise", model: str | Path | None = None,
-                 device: str = "cpu", progress: Progress | None = None) -> Image.Image:
+                 device: str = "cpu", progress: Progress | None = None, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Like `decode`, as a PIL image in the original mode (exactly at the lossless rung)."""
     stream = read_stream(data)
-    pixels = decode(data, rung, recon, model, device, progress)
+    pixels = decode(data, rung, recon, model, device, progress, max_pixels=max_pixels)
     last = len(stream.chunks) if rung is None else rung
     exact = last == stream.header.steps + 1
     return to_pil(pixels, stream.header.mode, stream.header.palette, exact)

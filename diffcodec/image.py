@@ -1,4 +1,11 @@
-"""Image files <-> uint8 RGB pixels, remembering the original mode so decode can give it back."""
+"""Image files <-> uint8 RGB pixels, remembering the original mode so decode can give it back.
+
+What is coded is the raster as stored in the file (what PIL's `Image.open` gives): an EXIF orientation
+tag is neither applied nor kept. Anything that cannot be given back exactly is refused with a
+BadInputError saying how to convert it: alpha (RGBA, LA, PA, a palette with transparency), more than
+8 bits per sample (16-bit PNG and TIFF, which PIL would otherwise silently cut to 8 bits), CMYK and
+other colour spaces, float images.
+"""
 
 from __future__ import annotations
 
@@ -23,14 +30,37 @@ class SourceImage:
     palette: bytes | None = None
 
 
-def _from_pil(im: Image.Image) -> SourceImage:
+_CONVERT = "diffcodec codes 8-bit RGB, grayscale (L), palette (P) and bilevel (1) images"
+
+
+def _more_than_8_bits(im: Image.Image) -> bool:
+    """True for 16-bit samples, including 16-bit RGB PNGs that PIL opens as 8-bit "RGB" (raw mode RGB;16B)."""
+    rawmodes = [tile[3] if isinstance(tile[3], str) else tile[3][0] for tile in getattr(im, "tile", []) if tile[3]]
+    return im.mode.startswith("I;16") or any(isinstance(r, str) and ";16" in r for r in rawmodes)
+
+
+def _refusal(im: Image.Image) -> str | None:
+    """Why `im` cannot be coded exactly (None if it can)."""
+    if _more_than_8_bits(im):
+        return (f"the image has 16 bits per sample (mode {im.mode!r}): {_CONVERT}, and keeping only the top 8 "
+                "bits would not be lossless; convert it to 8 bits first if that loss is acceptable")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        return (f"unsupported image mode {im.mode!r}: the image has an alpha channel, which diffcodec does not "
+                f"code; convert it first, e.g. to RGB (flattening the transparency)")
+    if im.mode == "CMYK":
+        return (f"unsupported image mode 'CMYK': {_CONVERT}; convert it first to RGB with a colour-managed "
+                "tool (e.g. ImageMagick -colorspace sRGB)")
     if im.mode not in SUPPORTED_MODES:
-        raise BadInputError(
-            f"unsupported image mode {im.mode!r}: diffcodec codes 8-bit RGB, grayscale (L), palette (P) "
-            "and bilevel (1) images; convert it first, e.g. to RGB"
-        )
+        return f"unsupported image mode {im.mode!r}: {_CONVERT}; convert it first, e.g. to RGB"
     if im.mode == "P" and ("transparency" in im.info or im.palette.mode != "RGB"):
-        raise BadInputError("palette image with transparency or a non-RGB palette: convert it to RGB first")
+        return "palette image with transparency or a non-RGB palette: convert it to RGB first"
+    return None
+
+
+def _from_pil(im: Image.Image) -> SourceImage:
+    reason = _refusal(im)
+    if reason:
+        raise BadInputError(reason)
     palette = None
     if im.mode == "P":
         palette = bytes(im.getpalette("RGB") or []).ljust(PALETTE_SIZE, b"\0")[:PALETTE_SIZE]
@@ -54,9 +84,16 @@ def load_image(source: str | Path | Image.Image | np.ndarray) -> SourceImage:
     if not path.exists():
         raise BadInputError(f"{path}: no such file")
     try:
+        if path.stat().st_size == 0:
+            raise BadInputError(f"{path} is empty, not an image")
         with Image.open(path) as im:
+            reason = _refusal(im)  # before load(): a 16-bit PNG loads as 8-bit RGB
+            if reason:
+                raise BadInputError(f"{path}: {reason}")
             im.load()
             return _from_pil(im)
+    except Image.DecompressionBombError as e:
+        raise BadInputError(f"{path}: too many pixels to load safely ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise BadInputError(f"{path}: not a readable image ({e})") from None
 

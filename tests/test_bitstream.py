@@ -29,7 +29,8 @@ from diffcodec.bitstream import (
 from diffcodec.errors import BadInputError, BitstreamError
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT / "tests" / "data" / "golden_v1.bin"
+GOLDEN = ROOT / "tests" / "data" / "golden_v2.bin"
+GOLDEN_V1 = ROOT / "tests" / "data" / "golden_v1.bin"
 
 GREY_PALETTE = bytes(v for v in range(256) for _ in range(3))
 GOLDEN_HEADER = Header(
@@ -41,35 +42,38 @@ GOLDEN_HEADER = Header(
     palette=GREY_PALETTE,
     seed=0xFEDCBA9876543210,
     steps=2,
+    check=0x89ABCDEF,
 )
 GOLDEN_CHUNKS = [
-    Chunk(CODER_UQ, b"step 1 payload"),
-    Chunk(CODER_REC, b""),
-    Chunk(CODER_UQ, bytes(range(32))),
+    Chunk(CODER_UQ, b"step 1 payload", check=0x01020304),
+    Chunk(CODER_REC, b"", check=0),
+    Chunk(CODER_UQ, bytes(range(32)), check=0xFFFFFFFF),
 ]
 
 
 def rgb_header(**changes: object) -> Header:
     base = Header(
         "uqdm-small", bytes(range(8)), height=64, width=48, mode="RGB", palette=None, seed=1,
-        steps=4,
+        steps=4, check=0,
     )
     return replace(base, **changes)
 
 
-def chunk_crc(coder: int, payload: bytes, prev_crc: int) -> int:
+def chunk_crc(coder: int, payload: bytes, prev_crc: int, check: int = 0) -> int:
     """The chunk CRC as docs/format.md defines it, written independently of the module."""
-    return zlib.crc32(payload, zlib.crc32(struct.pack("<BI", coder, len(payload)), prev_crc))
+    head = struct.pack("<BII", coder, len(payload), check)
+    return zlib.crc32(payload, zlib.crc32(head, prev_crc))
 
 
-def raw_chunk(coder: int, payload: bytes, prev_crc: int) -> bytes:
-    return struct.pack("<BII", coder, len(payload), chunk_crc(coder, payload, prev_crc)) + payload
+def raw_chunk(coder: int, payload: bytes, prev_crc: int, check: int = 0) -> bytes:
+    crc = chunk_crc(coder, payload, prev_crc, check)
+    return struct.pack("<BIII", coder, len(payload), check, crc) + payload
 
 
 def last_crc(data: bytes) -> int:
     """The CRC that the next chunk continues from: the last 4-byte CRC written (header or chunk)."""
     s = read_stream(data)
-    at = s.spans[-1].offset + 5 if s.spans else s.header_size - 4
+    at = s.spans[-1].offset + 9 if s.spans else s.header_size - 4
     return struct.unpack_from("<I", data, at)[0]
 
 
@@ -88,7 +92,7 @@ def last_crc(data: bytes) -> int:
 )
 @pytest.mark.parametrize("n_chunks", [0, 1, 2])
 def test_round_trip(header: Header, n_chunks: int) -> None:
-    chunks = [Chunk(CODER_UQ, bytes([i]) * (10 * i)) for i in range(n_chunks)]
+    chunks = [Chunk(CODER_UQ, bytes([i]) * (10 * i), check=i) for i in range(n_chunks)]
     data = write_stream(header, chunks)
     s = read_stream(data)
     assert s.header == header
@@ -153,11 +157,17 @@ def test_wrong_magic(data: bytes) -> None:
 
 def test_unsupported_version_names_supported_one() -> None:
     data = bytearray(write_stream(rgb_header(), []))
-    data[4] = 2
-    message = r"unsupported format version 2: .*reads version 1 only.*newer"
+    data[4] = 3
+    message = r"unsupported format version 3: .*reads version 2 only.*newer"
     with pytest.raises(BitstreamError, match=message):
         read_stream(bytes(data))
-    assert FORMAT_VERSION == 1 and data[:4] == MAGIC
+    assert FORMAT_VERSION == 2 and data[:4] == MAGIC
+
+
+def test_version_1_file_is_refused_naming_the_release_that_reads_it() -> None:
+    message = r"unsupported format version 1: .*reads version 2 only.*diffcodec 0\.1\.0"
+    with pytest.raises(BitstreamError, match=message):
+        read_stream(GOLDEN_V1.read_bytes())
 
 
 def test_header_checksum_mismatch() -> None:
@@ -176,7 +186,7 @@ def test_chunk_checksum_mismatch_names_the_chunk() -> None:
 
 def test_crc_chain_catches_reordered_and_spliced_chunks() -> None:
     header = rgb_header()
-    a, b = Chunk(CODER_UQ, b"aaaa"), Chunk(CODER_UQ, b"bbbb")
+    a, b = Chunk(CODER_UQ, b"aaaa", check=1), Chunk(CODER_UQ, b"bbbb", check=2)
     data = write_stream(header, [a, b])
     s = read_stream(data)
     first, second = (data[span.offset : span.end] for span in s.spans)
@@ -188,7 +198,7 @@ def test_crc_chain_catches_reordered_and_spliced_chunks() -> None:
 
 
 def test_unknown_coder_id_is_named() -> None:
-    data = write_stream(rgb_header(), [Chunk(CODER_UQ, b"x")])
+    data = write_stream(rgb_header(), [Chunk(CODER_UQ, b"x", check=0)])
     data += raw_chunk(7, b"from the future", last_crc(data))
     with pytest.raises(BitstreamError, match="chunk 1: unknown coder id 7"):
         read_stream(data)
@@ -196,9 +206,9 @@ def test_unknown_coder_id_is_named() -> None:
 
 def test_more_than_t_plus_one_chunks() -> None:
     header = rgb_header(steps=1)
-    chunks = [Chunk(CODER_UQ, b"1"), Chunk(CODER_UQ, b"2")]
+    chunks = [Chunk(CODER_UQ, b"1", check=1), Chunk(CODER_UQ, b"2", check=2)]
     with pytest.raises(BadInputError, match="at most 2"):
-        write_stream(header, chunks + [Chunk(CODER_UQ, b"3")])
+        write_stream(header, chunks + [Chunk(CODER_UQ, b"3", check=3)])
     data = write_stream(header, chunks)
     with pytest.raises(BitstreamError, match="after chunk 1"):
         read_stream(data + raw_chunk(CODER_UQ, b"3", last_crc(data)))
@@ -208,7 +218,7 @@ def test_more_than_t_plus_one_chunks() -> None:
 
 def test_every_single_bit_flip_is_caught() -> None:
     """No flipped bit ever yields other chunks or another header. Every header bit and every chunk
-    coder/CRC/payload bit raises; a chunk length bit either raises or, when the new length runs
+    coder/check/CRC/payload bit raises; a chunk length bit either raises or, when the new length runs
     past the end of the file, reads as a cut there (the chunks before it, the rest reported)."""
     data = write_stream(GOLDEN_HEADER, GOLDEN_CHUNKS)
     full = read_stream(data)
@@ -256,6 +266,8 @@ def test_every_single_bit_flip_is_caught() -> None:
         ({"model_name": "\ud800"}, "model_name cannot be encoded as UTF-8"),
         ({"weights_hash": bytes(32)}, "weights_hash must be 8 bytes"),
         ({"weights_hash": "0123456789abcdef"}, "weights_hash must be 8 bytes"),
+        ({"check": -1}, "check must be an int in [0, 4294967295]"),
+        ({"check": 2**32}, "check must be an int in [0, 4294967295]"),
     ],
 )
 def test_invalid_header_is_refused(changes: dict[str, object], message: str) -> None:
@@ -266,13 +278,16 @@ def test_invalid_header_is_refused(changes: dict[str, object], message: str) -> 
 def test_longest_name_and_palette_fit() -> None:
     header = rgb_header(model_name="n" * 255, mode="P", palette=GREY_PALETTE)
     s = read_stream(write_stream(header, []))
-    assert s.header == header and s.header_size == 39 + 255 + 768
+    assert s.header == header and s.header_size == 43 + 255 + 768
 
 
-@pytest.mark.parametrize(("coder", "payload"), [(0, b""), (3, b""), (CODER_UQ, bytearray(b"x"))])
-def test_invalid_chunk_is_refused(coder: int, payload: bytes) -> None:
+@pytest.mark.parametrize(
+    ("coder", "payload", "check"),
+    [(0, b"", 0), (3, b"", 0), (CODER_UQ, bytearray(b"x"), 0), (CODER_UQ, b"", -1), (CODER_UQ, b"", 2**32)],
+)
+def test_invalid_chunk_is_refused(coder: int, payload: bytes, check: int) -> None:
     with pytest.raises(BadInputError):
-        Chunk(coder, payload)
+        Chunk(coder, payload, check)
 
 
 # --- the spec -----------------------------------------------------------------------------------
@@ -281,22 +296,22 @@ def test_invalid_chunk_is_refused(coder: int, payload: bytes) -> None:
 def test_header_layout_matches_the_table() -> None:
     """Decode the golden header with the offsets of docs/format.md, not with the module."""
     data = write_stream(GOLDEN_HEADER, GOLDEN_CHUNKS)
-    magic, version, size, height, width, mode, steps, seed, whash, name_len = struct.unpack_from(
-        "<4sBHIIBHQ8sB", data
+    fields = struct.unpack_from("<4sBHIIBHQ8sIB", data)
+    magic, version, size, height, width, mode, steps, seed, whash, check, name_len = fields
+    assert (magic, version, height, width, mode, steps, seed, whash, check) == (
+        b"\x89DCZ", 2, 3, 5, 3, 2, 0xFEDCBA9876543210, bytes.fromhex("0123456789abcdef"),
+        0x89ABCDEF,
     )
-    assert (magic, version, height, width, mode, steps, seed, whash) == (
-        b"\x89DCZ", 1, 3, 5, 3, 2, 0xFEDCBA9876543210, bytes.fromhex("0123456789abcdef")
-    )
-    assert data[35 : 35 + name_len] == b"golden-test-model"
-    assert data[35 + name_len : 35 + name_len + 768] == GREY_PALETTE
-    assert size == 39 + name_len + 768
+    assert data[39 : 39 + name_len] == b"golden-test-model"
+    assert data[39 + name_len : 39 + name_len + 768] == GREY_PALETTE
+    assert size == 43 + name_len + 768
     (header_crc,) = struct.unpack_from("<I", data, size - 4)
     assert header_crc == zlib.crc32(data[: size - 4])
     prev, pos = header_crc, size
     for chunk in GOLDEN_CHUNKS:
-        expected = raw_chunk(chunk.coder, chunk.payload, prev)
+        expected = raw_chunk(chunk.coder, chunk.payload, prev, chunk.check)
         assert data[pos : pos + len(expected)] == expected
-        prev = chunk_crc(chunk.coder, chunk.payload, prev)
+        prev = chunk_crc(chunk.coder, chunk.payload, prev, chunk.check)
         pos += len(expected)
     assert pos == len(data)
     first = ChunkSpan(size, CHUNK_FRAME_SIZE + len(GOLDEN_CHUNKS[0].payload))
@@ -312,9 +327,9 @@ def test_golden_file() -> None:
     regen = "DIFFCODEC_REGEN_GOLDEN=1 pytest tests/test_bitstream.py"
     assert GOLDEN.exists(), f"{GOLDEN} is missing: {regen}"
     golden = GOLDEN.read_bytes()
-    s = read_stream(golden)  # this reader still reads what version 1 wrote
+    s = read_stream(golden)  # this reader still reads what version 2 wrote
     assert (s.header, s.chunks, s.trailing_bytes) == (GOLDEN_HEADER, GOLDEN_CHUNKS, 0)
-    assert data == golden, "the writer no longer produces golden_v1.bin byte for byte"
+    assert data == golden, "the writer no longer produces golden_v2.bin byte for byte"
 
 
 def test_docs_examples_run() -> None:

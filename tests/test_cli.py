@@ -270,12 +270,12 @@ def test_encode_refuses_bad_input(case: str, tmp_path: Path, tiny_model: Path) -
     assert listing(work) == before
 
 
-@pytest.mark.parametrize("mode", ["RGBA", "I;16", "CMYK"])
-def test_encode_refuses_unsupported_modes(mode: str, tmp_path: Path, tiny_model: Path) -> None:
+@pytest.mark.parametrize(("mode", "needle"), [("RGBA", "alpha channel"), ("I;16", "16 bits per sample"),
+                                             ("CMYK", "unsupported image mode 'CMYK'")])
+def test_encode_refuses_unsupported_modes(mode: str, needle: str, tmp_path: Path, tiny_model: Path) -> None:
     image = make_unsupported_image(tmp_path, mode)
     before = listing(tmp_path)
-    assert_error(cli("encode", image, "-o", tmp_path / "out.dcz", "--model", tiny_model), 1,
-                 "unsupported image mode")
+    assert_error(cli("encode", image, "-o", tmp_path / "out.dcz", "--model", tiny_model), 1, needle, "convert")
     assert listing(tmp_path) == before
 
 

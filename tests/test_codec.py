@@ -283,7 +283,7 @@ def test_truncated_header(tiny_model: Path, stream20: bytes) -> None:
 def test_chunk_of_an_unsupported_coder_is_refused(tiny_model: Path, stream20: bytes) -> None:
     stream = read_stream(stream20)
     chunks = list(stream.chunks)
-    chunks[1] = Chunk(CODER_REC, chunks[1].payload)
+    chunks[1] = Chunk(CODER_REC, chunks[1].payload, chunks[1].check)
     with pytest.raises(BitstreamError, match="chunk 1.*'rec'"):
         diffcodec.decode(write_stream(stream.header, chunks), model=tiny_model)
 
