@@ -18,7 +18,7 @@ from diffcodec.entropy import decode_symbols, encode_symbols
 from diffcodec.errors import BadInputError, BitstreamError
 from diffcodec.rec import FAMILIES, StepPrior, decode_step, encode_step
 from diffcodec.rec.coder import TARGET_BITS
-from diffcodec.uqdm import LN2, logistic_scale, posterior, step_bits
+from diffcodec.uqdm import logistic_scale, posterior, step_bits
 
 CODER_CHOICES = ("uq", "rec", "hybrid")
 
@@ -49,7 +49,7 @@ class SentStep:
     payload: bytes
     bits: float  # information content of the payload
     z_s: Tensor  # (1, 3, H, W): the decoder's z_s, bit-identical
-    kl_bits: float  # the step's KL(q || p) in bits (Monte-Carlo at z_s for the uniform posterior)
+    kl_bits: float  # the step's KL(q || p) in bits (for UQ: the Monte-Carlo KL at z_s, which is what UQ spends)
 
 
 class StepCoder(Protocol):
@@ -121,15 +121,7 @@ class RecCoder:
         sent = encode_step(self.family, ctx.seed, ctx.step, p, mu_q, self.target_bits, device=ctx.z_t.device)
         z_s = sent.z_s.float().reshape(ctx.z_t.shape).to(ctx.z_t.device)
         ctx.clock["rec"] = ctx.clock.get("rec", 0.0) + time.perf_counter() - t
-        return SentStep(sent.payload, sent.bits, z_s, self._kl_bits(ctx, p, mu_q, z_s))
-
-    def _kl_bits(self, ctx: StepContext, p: StepPrior, mu_q: Tensor, z_s: Tensor) -> float:
-        if self.family == "uniform":
-            return float(step_bits(z_s, ctx.mu_p, ctx.sigma_p, ctx.delta).double().sum())
-        s2, sq2 = p.gaussian_std().square(), p.sigma_q.square()
-        # KL(N(mu_q, sigma_q^2) || N(mu_p, s^2)) = 1/2 [log(s^2 / sigma_q^2) + (sigma_q^2 + (mu_q - mu_p)^2) / s^2 - 1]
-        kl = 0.5 * (torch.log(s2 / sq2) + (sq2 + (mu_q - p.mu_p).square()) / s2 - 1.0)
-        return float(kl.sum()) / LN2
+        return SentStep(sent.payload, sent.bits, z_s, sent.kl_bits)
 
     def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
         t = time.perf_counter()

@@ -1,18 +1,21 @@
 """One diffusion step sent by chunked shared-seed REC (ordered random coding / Poisson functional representation).
 
 Both sides split the step's n elements (flat order) into chunks from the decoder-predictable cost
-`expected_bits` (greedy: a chunk closes before it would exceed `target_bits`, or at MAX_CHUNK_ELEMENTS), and give
+`expected_bits` times a factor f the encoder sends (f = the step's KL / its expected bits, so budgets match the
+real KL on average); greedy: a chunk closes before it would exceed `target_bits`, or at MAX_CHUNK_ELEMENTS; and give
 chunk c the budget b_c = ceil(its expected bits) in [1, MAX_CHUNK_BITS] and 2^(b_c + margin) candidates z_j ~ p,
 drawn from the uniforms of rng.chunk_generator(seed, REC_CANDIDATES, step, c). The encoder picks
 j* = argmin_j (log T_j - log w_j), T_j the arrival times of a unit Poisson process and w_j = q(z_j) / p(z_j);
 the indices are entropy-coded (entropy/index.py). The decoder skips to row j* of the same uniforms and rebuilds
 the candidate. Both sides build z_s by the one function `_regenerate`, so they hold bit-identical values.
 
-Payload: u8 posterior family (FAMILY_IDS), u8 target_bits, u8 margin, then the index words (u32 little-endian).
+Payload: u8 posterior family (FAMILY_IDS), u8 target_bits, u8 margin, u16 f * 256 (little-endian), then the index
+words (u32 little-endian).
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +25,7 @@ from torch import Tensor
 from diffcodec import rng
 from diffcodec.entropy.index import decode_indices, encode_indices
 from diffcodec.errors import BadInputError, BitstreamError
-from diffcodec.rec.family import DRAWS, StepPrior, candidates, check_family, expected_bits
+from diffcodec.rec.family import DRAWS, StepPrior, candidates, check_family, expected_bits, kl_bits
 from diffcodec.rec.score import score
 
 TARGET_BITS = 10
@@ -32,7 +35,8 @@ MAX_CHUNK_ELEMENTS = 4096
 FAMILY_IDS = {"uniform": 1, "gaussian": 2}
 """Posterior family -> the id in a REC payload's first byte (stable ids)."""
 _FAMILY_NAMES = {i: name for name, i in FAMILY_IDS.items()}
-_PREFIX = 3
+_PREFIX = struct.Struct("<BBBH")
+_FACTOR_UNITS = 256  # f is sent in 1/256 steps
 _COST_UNITS = 256  # expected bits are rounded to 1/256 bit before the greedy split: integer sums are exact
 _BLOCK_VALUES = 1 << 22  # uniforms per candidate block: bounds the encoder's memory
 
@@ -42,15 +46,18 @@ class RecStep:
     """What encoding one step by REC produced."""
 
     payload: bytes
-    bits: float  # information content of the indices (plus the 3 prefix bytes' 24 bits)
+    bits: float  # information content of the indices (plus the 5 prefix bytes' 40 bits)
     z_s: Tensor  # (n,) float64: the decoder's sample
     chunks: int
-    expected_bits: float  # the decoder-predicted KL of the step (sum of expected_bits)
+    expected_bits: float  # the decoder-predicted KL of the step (sum of expected_bits, before the factor f)
+    kl_bits: float  # the step's KL(q || p)
 
 
-def plan(family: str, p: StepPrior, target_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Chunk boundaries `starts` (c + 1,) and budgets `bits` (c,), from decoder-side information only."""
-    units = np.rint(expected_bits(family, p).numpy() * _COST_UNITS).astype(np.int64).tolist()
+def plan(family: str, p: StepPrior, target_bits: int, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk boundaries `starts` (c + 1,) and budgets `bits` (c,) from decoder-side information and the sent
+    factor f = factor / 256."""
+    cost = expected_bits(family, p).numpy() * (factor / _FACTOR_UNITS)
+    units = np.rint(cost * _COST_UNITS).astype(np.int64).tolist()
     limit = target_bits * _COST_UNITS
     starts, budgets, total, first = [0], [], 0, 0
     for i, u in enumerate(units):
@@ -105,24 +112,28 @@ def encode_step(family: str, seed: int, step: int, p: StepPrior, mu_q: Tensor, t
     if not 1 <= target_bits <= MAX_CHUNK_BITS or not 0 <= margin <= 8:
         raise BadInputError(f"REC needs 1 <= target_bits <= {MAX_CHUNK_BITS} and 0 <= margin <= 8, "
                             f"got {target_bits} and {margin}")
-    starts, bits = plan(family, p, target_bits)
+    kl = kl_bits(family, p, mu_q)
+    expected = float(expected_bits(family, p).sum())
+    factor = int(np.clip(np.ceil(float(kl.sum()) / max(expected, 1e-9) * _FACTOR_UNITS), 1, 2**16 - 1))
+    starts, bits = plan(family, p, target_bits, factor)
     indices = np.array([
         _select(family, seed, step, c, p.take(slice(a, b)), mu_q[a:b], 1 << int(bits[c] + margin), torch.device(device))
         for c, (a, b) in enumerate(zip(starts[:-1].tolist(), starts[1:].tolist()))
     ], np.int64)
     words, info = encode_indices(indices, bits, margin)
     z_s = _regenerate(family, seed, step, p, starts, indices)
-    expected = float(expected_bits(family, p).sum())
-    prefix = bytes([FAMILY_IDS[family], target_bits, margin])
-    return RecStep(prefix + words, info + 8 * _PREFIX, z_s, len(indices), expected)
+    prefix = _PREFIX.pack(FAMILY_IDS[family], target_bits, margin, factor)
+    return RecStep(prefix + words, info + 8 * _PREFIX.size, z_s, len(indices), expected, float(kl.sum()))
 
 
 def decode_step(payload: bytes, seed: int, step: int, p: StepPrior) -> Tensor:
     """The decoder's z_s (n,) float64 from a REC step payload (the family is read from the payload)."""
-    if len(payload) < _PREFIX or payload[0] not in _FAMILY_NAMES or not 1 <= payload[1] <= MAX_CHUNK_BITS \
-            or payload[2] > 8:
-        raise BitstreamError("REC step payload has no valid (family, target_bits, margin) prefix: it is corrupt")
-    family = _FAMILY_NAMES[payload[0]]
-    starts, bits = plan(family, p, payload[1])
-    indices = decode_indices(payload[_PREFIX:], bits, payload[2])
+    if len(payload) < _PREFIX.size:
+        raise BitstreamError(f"REC step payload of {len(payload)} bytes is cut inside its {_PREFIX.size}-byte prefix")
+    family_id, target_bits, margin, factor = _PREFIX.unpack_from(payload)
+    if family_id not in _FAMILY_NAMES or not 1 <= target_bits <= MAX_CHUNK_BITS or margin > 8 or factor == 0:
+        raise BitstreamError("REC step payload has an invalid (family, target_bits, margin, factor) prefix: it is corrupt")
+    family = _FAMILY_NAMES[family_id]
+    starts, bits = plan(family, p, target_bits, factor)
+    indices = decode_indices(payload[_PREFIX.size:], bits, margin)
     return _regenerate(family, seed, step, p, starts, indices)

@@ -21,6 +21,7 @@ DRAWS = {"uniform": 2, "gaussian": 1}
 """Uniforms per element of a candidate: logistic + uniform for "uniform", one normal for "gaussian"."""
 
 _QUADRATURE = 8  # points per axis of the expected-cost quadrature of the uniform family
+_KL_QUADRATURE = 256  # midpoints over q's support for the uniform KL: -log P is steep near the support's edges
 _V_FLOOR = 1e-12  # keeps inverse CDFs finite at v = 0
 
 
@@ -67,6 +68,20 @@ def expected_bits(family: str, p: StepPrior) -> Tensor:
     b = logistic_scale(p.sigma_p)[:, None, None]
     e = b * logit[None, :, None] + p.delta * (grid - 0.5)[None, None, :]
     return -log_interval_mass(e, p.delta / 2, b).mean(dim=(1, 2)) / LN2
+
+
+def kl_bits(family: str, p: StepPrior, mu_q: Tensor) -> Tensor:
+    """KL(q || p) per element in bits (n,), encoder side.
+
+    gaussian: 1/2 [log(s^2 / sigma_q^2) + (sigma_q^2 + (mu_q - mu_p)^2) / s^2 - 1] / ln 2. uniform: E_q[-log2 P(z_s - mu_p)]
+    over 256 midpoints of q's support (P the mass of a width-delta bin of g, DESIGN.md section 2).
+    """
+    if family == "gaussian":
+        s2, sq2 = p.gaussian_std().square(), p.sigma_q.square()
+        return 0.5 * (torch.log(s2 / sq2) + (sq2 + (mu_q - p.mu_p).square()) / s2 - 1.0) / LN2
+    grid = (torch.arange(_KL_QUADRATURE, dtype=torch.float64) + 0.5) / _KL_QUADRATURE - 0.5
+    e = (mu_q - p.mu_p)[:, None] + p.delta * grid
+    return -log_interval_mass(e, p.delta / 2, logistic_scale(p.sigma_p)[:, None]).mean(dim=1) / LN2
 
 
 def candidates(family: str, p: StepPrior, v: Tensor) -> Tensor:
