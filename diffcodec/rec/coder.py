@@ -3,11 +3,14 @@
 Both sides split the step's n elements (flat order) into chunks from the decoder-predictable cost
 `expected_bits` times a factor f the encoder sends (f = the step's KL / its expected bits, so budgets match the
 real KL on average); greedy: a chunk closes before it would exceed `target_bits`, or at MAX_CHUNK_ELEMENTS; and give
-chunk c the budget b_c = ceil(its expected bits) in [1, MAX_CHUNK_BITS] and 2^(b_c + margin) candidates z_j ~ p,
+chunk c the budget b_c = ceil(its expected bits) in [1, target_bits] and 2^(b_c + margin) candidates z_j ~ p,
 drawn from the uniforms of rng.chunk_generator(seed, REC_CANDIDATES, step, c). The encoder picks
 j* = argmin_j (log T_j - log w_j), T_j the arrival times of a unit Poisson process and w_j = q(z_j) / p(z_j);
 the indices are entropy-coded (entropy/index.py). The decoder skips to row j* of the same uniforms and rebuilds
 the candidate. Both sides build z_s by the one function `_regenerate`, so they hold bit-identical values.
+The encoder's work is at most 2^(target_bits + margin) candidates per chunk: a lone element of KL above
+target_bits gets that many, and its sample is then only approximately from q (the file stays decodable and its
+last rung exact).
 
 Payload: u8 posterior family (FAMILY_IDS), u8 target_bits, u8 margin, u16 f * 256 (little-endian), then the index
 words (u32 little-endian).
@@ -30,7 +33,7 @@ from diffcodec.rec.score import score
 
 TARGET_BITS = 10
 MARGIN = 2
-MAX_CHUNK_BITS = 16
+MAX_TARGET_BITS = 16
 MAX_CHUNK_ELEMENTS = 4096
 FAMILY_IDS = {"uniform": 1, "gaussian": 2}
 """Posterior family -> the id in a REC payload's first byte (stable ids)."""
@@ -68,7 +71,7 @@ def plan(family: str, p: StepPrior, target_bits: int, factor: int) -> tuple[np.n
         total += u
     starts.append(len(units))
     budgets.append(total)
-    bits = np.clip(-(-np.asarray(budgets, np.int64) // _COST_UNITS), 1, MAX_CHUNK_BITS)
+    bits = np.clip(-(-np.asarray(budgets, np.int64) // _COST_UNITS), 1, target_bits)
     return np.asarray(starts, np.int64), bits
 
 
@@ -109,8 +112,8 @@ def encode_step(family: str, seed: int, step: int, p: StepPrior, mu_q: Tensor, t
                 margin: int = MARGIN, device: torch.device | str = "cpu") -> RecStep:
     """Send q(z_s | z_t, x) (mean mu_q (n,), float64) by REC; the scoring runs on `device`."""
     check_family(family)
-    if not 1 <= target_bits <= MAX_CHUNK_BITS or not 0 <= margin <= 8:
-        raise BadInputError(f"REC needs 1 <= target_bits <= {MAX_CHUNK_BITS} and 0 <= margin <= 8, "
+    if not 1 <= target_bits <= MAX_TARGET_BITS or not 0 <= margin <= 8:
+        raise BadInputError(f"REC needs 1 <= target_bits <= {MAX_TARGET_BITS} and 0 <= margin <= 8, "
                             f"got {target_bits} and {margin}")
     kl = kl_bits(family, p, mu_q)
     expected = float(expected_bits(family, p).sum())
@@ -131,7 +134,7 @@ def decode_step(payload: bytes, seed: int, step: int, p: StepPrior) -> Tensor:
     if len(payload) < _PREFIX.size:
         raise BitstreamError(f"REC step payload of {len(payload)} bytes is cut inside its {_PREFIX.size}-byte prefix")
     family_id, target_bits, margin, factor = _PREFIX.unpack_from(payload)
-    if family_id not in _FAMILY_NAMES or not 1 <= target_bits <= MAX_CHUNK_BITS or margin > 8 or factor == 0:
+    if family_id not in _FAMILY_NAMES or not 1 <= target_bits <= MAX_TARGET_BITS or margin > 8 or factor == 0:
         raise BitstreamError("REC step payload has an invalid (family, target_bits, margin, factor) prefix: it is corrupt")
     family = _FAMILY_NAMES[family_id]
     starts, bits = plan(family, p, target_bits, factor)
