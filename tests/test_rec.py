@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import diffcodec
 from conftest import KODIM20, TINY_STEPS, rgb_pixels
+from test_cli import cli, ok, strict_json
 from diffcodec import codec
 from diffcodec.bitstream import CODER_REC, CODER_UQ, read_stream
 from diffcodec.entropy.index import decode_indices, encode_indices
@@ -132,3 +133,25 @@ def test_rec_and_uq_files_differ_only_in_their_step_chunks(tiny_model: Path) -> 
 def test_bad_coder_choices_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(BadInputError, match=message):
         step_coders(TINY_STEPS, **kwargs)
+
+
+def test_cli_hybrid_gaussian_round_trip(tmp_path: Path, tiny_model: Path) -> None:
+    image, out, back = tmp_path / "crop.png", tmp_path / "crop.dcz", tmp_path / "back.png"
+    Image.fromarray(CROP).save(image)
+    ok(cli("encode", image, "-o", out, "--model", tiny_model, "--coder", "hybrid", "--rec-steps", 1,
+           "--posterior", "gaussian"))
+    assert strict_json(ok(cli("info", out, "--json")).stdout)["coders"] == ["rec"] + ["uq"] * TINY_STEPS
+    ok(cli("decode", out, "-o", back, "--model", tiny_model))
+    assert (rgb_pixels(back) == CROP).all()
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (("--rec-steps", 1), "--rec-steps"),
+    (("--coder", "rec", "--posterior", "laplace"), "--posterior"),
+    (("--posterior", "gaussian"), "--posterior"),
+])
+def test_cli_refuses_conflicting_coder_options(args: tuple, flag: str, tmp_path: Path, tiny_model: Path) -> None:
+    out = tmp_path / "x.dcz"
+    result = cli("encode", KODIM20, "-o", out, "--model", tiny_model, *args)
+    assert result.exit_code == 2 and flag in result.stderr and "Traceback" not in result.output
+    assert not out.exists()
