@@ -63,8 +63,9 @@ def coefficients(family: str, p: StepPrior) -> tuple[Tensor, Tensor, Tensor]:
 def score_cpu(family: str, z: Tensor, p: StepPrior, mu_q: Tensor) -> Tensor:
     """log w per row of z (N, m), vectorised torch (any device)."""
     p1, p2, c = coefficients(family, p)
-    if family == "gaussian":
-        return (c - (z - mu_q).square() * p1 + (z - p.mu_p).square() * p2).sum(dim=1)
+    if family == "gaussian":  # expanded into two matrix-vector products: sum z^2 (p2 - p1) + z 2 (p1 mu_q - p2 mu_p) + const
+        const = (c + p2 * p.mu_p.square() - p1 * mu_q.square()).sum()
+        return z.square() @ (p2 - p1) + z @ (2.0 * (p1 * mu_q - p2 * p.mu_p)) + const
     half = p.delta / 2
     v = z - p.mu_p
     inside = -(torch.nn.functional.logsigmoid((v + half) * p1) + torch.nn.functional.logsigmoid(-(v - half) * p1) + c)
