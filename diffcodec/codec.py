@@ -23,7 +23,7 @@ from . import rng
 from .bitstream import CODER_UQ, CODERS, Chunk, Header, Stream, read_stream, write_stream
 from .entropy import decode_symbols, encode_symbols
 from .rec.coder import TARGET_BITS
-from .steps import StepContext, receiver, step_coders
+from .steps import StepContext, flat, receiver, step_coders
 from .errors import BadInputError, BitstreamError, ModelError
 from .image import SourceImage, load_image, to_pil
 from .uqdm import (
@@ -98,10 +98,6 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return p[0].permute(1, 2, 0).cpu().numpy()
 
 
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().reshape(-1).float().cpu()
-
-
 class _Ladder:
     """The shared walk of encoder and decoder down t_0 = 1 > ... > t_T = 0."""
 
@@ -145,7 +141,7 @@ class _Ladder:
     def pixel_model(self) -> tuple[torch.Tensor, torch.Tensor]:
         """p(x | z_0) as (mean, scale) per sub-pixel in pixel units."""
         m, b = pixel_prior(self.z, self.eps_hat, self.s_hat, self.gammas[self.T])
-        return _flat(m), _flat(b)
+        return flat(m), flat(b)
 
     def reconstruct(self, recon: str) -> np.ndarray:
         """The image shown at the current step: denoise, flow (DDIM to t = 0) or ancestral sampling."""
@@ -204,8 +200,8 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
         psnrs.append(psnr(ladder.reconstruct("denoise"), src.pixels))
     nelbo = sum(kls)
     m, b_x = ladder.pixel_model()
-    payload, b = encode_symbols(_flat(pixels).long().numpy(), m, b_x, lo=0, hi=255, clock=timer.clock)
-    nelbo += float(pixel_bits(_flat(pixels), m, b_x).double().sum())
+    payload, b = encode_symbols(flat(pixels).long().numpy(), m, b_x, lo=0, hi=255, clock=timer.clock)
+    nelbo += float(pixel_bits(flat(pixels), m, b_x).double().sum())
     nelbo += float(top_bits(x, ladder.gammas[0]).double().sum())  # not sent: z_1 comes from the seed
     chunks.append(Chunk(CODER_UQ, payload))
     bits.append(b)

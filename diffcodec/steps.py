@@ -66,7 +66,8 @@ class StepCoder(Protocol):
         ...
 
 
-def _flat(t: Tensor) -> Tensor:
+def flat(t: Tensor) -> Tensor:
+    """t as a flat float32 CPU tensor."""
     return t.detach().reshape(-1).float().cpu()
 
 
@@ -77,7 +78,7 @@ def _flat64(t: Tensor) -> Tensor:
 def step_coding_model(u: Tensor, sigma_p: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
     """P(k | u) = G((k - u + 1/2) delta) - G((k - u - 1/2) delta): a discretized logistic in k
     of mean u and scale b / delta (b the logistic scale of sigma_p); returns flat (mean, scale)."""
-    return _flat(u), _flat(logistic_scale(sigma_p) / delta)
+    return flat(u), flat(logistic_scale(sigma_p) / delta)
 
 
 class UQCoder:
@@ -94,7 +95,7 @@ class UQCoder:
         mu_q, _ = posterior(ctx.z_t, x, ctx.gamma_t, ctx.gamma_s)
         k = torch.round((mu_q - ctx.mu_p) / ctx.delta + u)  # k = round((mu_q - mu_p) / delta + u)
         ctx.clock["tables"] += time.perf_counter() - t
-        payload, bits = encode_symbols(_flat(k).long().numpy(), *step_coding_model(u, ctx.sigma_p, ctx.delta),
+        payload, bits = encode_symbols(flat(k).long().numpy(), *step_coding_model(u, ctx.sigma_p, ctx.delta),
                                        clock=ctx.clock)
         z_s = (k - u) * ctx.delta + ctx.mu_p
         kl = float(step_bits(z_s, ctx.mu_p, ctx.sigma_p, ctx.delta).double().sum())

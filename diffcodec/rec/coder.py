@@ -34,6 +34,7 @@ from diffcodec.rec.score import score
 TARGET_BITS = 10
 MARGIN = 2
 MAX_TARGET_BITS = 16
+MAX_MARGIN = 4  # a chunk's index table has at most 2^(16 + 4) entries
 MAX_CHUNK_ELEMENTS = 4096
 FAMILY_IDS = {"uniform": 1, "gaussian": 2}
 """Posterior family -> the id in a REC payload's first byte (stable ids)."""
@@ -112,8 +113,8 @@ def encode_step(family: str, seed: int, step: int, p: StepPrior, mu_q: Tensor, t
                 margin: int = MARGIN, device: torch.device | str = "cpu") -> RecStep:
     """Send q(z_s | z_t, x) (mean mu_q (n,), float64) by REC; the scoring runs on `device`."""
     check_family(family)
-    if not 1 <= target_bits <= MAX_TARGET_BITS or not 0 <= margin <= 8:
-        raise BadInputError(f"REC needs 1 <= target_bits <= {MAX_TARGET_BITS} and 0 <= margin <= 8, "
+    if not 1 <= target_bits <= MAX_TARGET_BITS or not 0 <= margin <= MAX_MARGIN:
+        raise BadInputError(f"REC needs 1 <= target_bits <= {MAX_TARGET_BITS} and 0 <= margin <= {MAX_MARGIN}, "
                             f"got {target_bits} and {margin}")
     kl = kl_bits(family, p, mu_q)
     expected = float(expected_bits(family, p).sum())
@@ -134,7 +135,8 @@ def decode_step(payload: bytes, seed: int, step: int, p: StepPrior) -> Tensor:
     if len(payload) < _PREFIX.size:
         raise BitstreamError(f"REC step payload of {len(payload)} bytes is cut inside its {_PREFIX.size}-byte prefix")
     family_id, target_bits, margin, factor = _PREFIX.unpack_from(payload)
-    if family_id not in _FAMILY_NAMES or not 1 <= target_bits <= MAX_TARGET_BITS or margin > 8 or factor == 0:
+    if family_id not in _FAMILY_NAMES or not 1 <= target_bits <= MAX_TARGET_BITS or margin > MAX_MARGIN \
+            or factor == 0:
         raise BitstreamError("REC step payload has an invalid (family, target_bits, margin, factor) prefix: it is corrupt")
     family = _FAMILY_NAMES[family_id]
     starts, bits = plan(family, p, target_bits, factor)
