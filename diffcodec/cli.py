@@ -42,6 +42,21 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 
+class Coder(str, Enum):
+    """How the diffusion steps are sent (see steps.CODER_CHOICES)."""
+
+    uq = "uq"
+    rec = "rec"
+    hybrid = "hybrid"
+
+
+class Posterior(str, Enum):
+    """The posterior family a REC step sends (see rec.FAMILIES)."""
+
+    uniform = "uniform"
+    gaussian = "gaussian"
+
+
 class Recon(str, Enum):
     """Reconstructions of a lossy rung (see codec.RECONS)."""
 
@@ -77,7 +92,7 @@ def _one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
     def wrapper(*args: object, **kwargs: object) -> None:
         try:
             command(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
+        except (typer.Exit, typer.Abort, typer.BadParameter):
             raise
         except KeyboardInterrupt:
             raise _fail("interrupted", 130) from None
@@ -169,12 +184,24 @@ def encode(
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**63 - 1, help="shared seed (default: random)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object with bytes, bits, timings and rungs"),
     force: bool = typer.Option(False, "--force", "-f", help="overwrite OUT if it exists"),
+    coder: Coder = typer.Option(Coder.uq, "--coder", help="how steps are sent: uq (universal quantization), rec "
+                                "(shared-seed relative entropy coding, slow at late steps), hybrid (rec for the first "
+                                "--rec-steps steps, then uq); recorded in the file"),
+    rec_steps: Optional[int] = typer.Option(None, "--rec-steps", min=0, help="with --coder hybrid: steps sent by rec "
+                                            "(default: half of them)"),
+    posterior: Posterior = typer.Option(Posterior.uniform, "--posterior", help="posterior sent by rec: uniform (the "
+                                        "UQDM step) or gaussian (a Gaussian step with the same network)"),
 ) -> None:
     """Compress IMAGE into one progressive file; every prefix of whole chunks decodes."""
     target = out or image.with_suffix(".dcz")
+    if rec_steps is not None and coder != Coder.hybrid:
+        raise typer.BadParameter("only applies with --coder hybrid", param_hint="--rec-steps")
+    if posterior != Posterior.uniform and coder == Coder.uq:
+        raise typer.BadParameter("a gaussian posterior needs --coder rec or hybrid", param_hint="--posterior")
     _check_writable(target, force)
     with _progress("encoding", not as_json) as progress:
-        result = codec.encode_report(image, model=model, seed=seed, progress=progress)
+        result = codec.encode_report(image, model=model, seed=seed, progress=progress, coder=coder.value,
+                                     rec_steps=rec_steps, posterior=posterior.value)
     _write_atomic(target, lambda p: p.write_bytes(result.data))
     if as_json:
         print(json.dumps({
@@ -184,7 +211,8 @@ def encode(
             "nelbo_bits": result.nelbo_bits,
             "seconds": result.seconds,
             "rungs": [{"rung": r.rung, "bytes": r.bytes, "cum_bytes": r.cum_bytes, "bpp": r.bpp,
-                       "psnr": _json_float(r.psnr), "ideal_bits": r.ideal_bits} for r in result.rungs],
+                       "psnr": _json_float(r.psnr), "ideal_bits": r.ideal_bits, "kl_bits": r.kl_bits}
+                      for r in result.rungs],
         }))
         return
     print(f"{target}: {len(result.data)} bytes, {result.bpp:.3f} bpp lossless, {result.seconds['total']:.1f} s")

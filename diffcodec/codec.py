@@ -1,9 +1,9 @@
 """image -> steps -> chunks -> file, and back: the whole data path of diffcodec in one place.
 
-Encoder and decoder walk the same ladder (`_Ladder`): at step i both run the network on z_{t_i},
-form the prior p(z_{t_{i+1}} | z_{t_i}) and the shared dither u; the encoder sends
-k = round((mu_q - mu_p) / delta + u) (DESIGN.md section 2), the decoder receives it, and both set
-z_s = (k - u) delta + mu_p. The last chunk codes the pixels under p(x | z_0): the last rung is exact.
+Encoder and decoder walk the same ladder (`_Ladder`): at step i both run the network on z_{t_i} and form
+the prior p(z_{t_{i+1}} | z_{t_i}); the step's coder (steps.py: universal quantization, DESIGN.md section 2, or
+shared-seed REC, chosen per step and recorded per chunk) sends q(z_s | z_t, x) and both sides set the same z_s.
+The last chunk codes the pixels under p(x | z_0) by UQ: the last rung is exact.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from . import rng
 from .determinism import one_thread
 from .bitstream import CODER_UQ, CODERS, Chunk, Header, Stream, read_stream, rung_check, write_stream
 from .entropy import decode_symbols, encode_symbols
+from .rec.coder import TARGET_BITS
+from .steps import StepContext, flat, receiver, step_coders
 from .errors import BadInputError, BitstreamError, ModelError
 from .image import SourceImage, load_image, to_pil
 from .uqdm import (
@@ -31,10 +33,8 @@ from .uqdm import (
     logistic_scale,
     pixel_bits,
     pixel_prior,
-    posterior,
     posterior_width,
     prior,
-    step_bits,
     to_pixel_units,
     to_unit,
     top_bits,
@@ -51,13 +51,14 @@ Progress = Callable[[int, int], None]  # (done, total) after each network call
 
 @dataclass
 class Timer:
-    """Seconds spent in the network, the rate tables (step parameters and pmf rows) and the entropy coder."""
+    """Seconds spent in the network, the rate tables (step parameters and pmf rows), the entropy coder and REC
+    (candidates, scoring, index coding)."""
 
     network: float = 0.0
-    clock: dict[str, float] = field(default_factory=lambda: {"tables": 0.0, "coder": 0.0})
+    clock: dict[str, float] = field(default_factory=lambda: {"tables": 0.0, "coder": 0.0, "rec": 0.0})
 
     def as_dict(self, total: float) -> dict[str, float]:
-        return {"network": self.network, "tables": self.clock["tables"], "coder": self.clock["coder"], "total": total}
+        return {"network": self.network, **self.clock, "total": total}
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Rung:
     cum_bytes: int  # file bytes up to and including that chunk (header included)
     bpp: float  # cum_bytes * 8 / (H W)
     ideal_bits: float | None = None  # information content of that chunk (encoder side only)
+    kl_bits: float | None = None  # KL(q || p) of that chunk's step (encoder side only; None for rungs 0 and T + 1)
     psnr: float | None = None  # against the original (encoder side only)
 
 
@@ -80,7 +82,7 @@ class EncodeResult:
     data: bytes
     rungs: list[Rung]
     ideal_bits: float  # information content of all chunks under the quantised tables
-    nelbo_bits: float  # the model's negative ELBO of this image (float pmf, top KL included)
+    nelbo_bits: float  # the negative ELBO of this image under the coded steps (float pmf, top KL included)
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -98,16 +100,6 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     """x in [-1, 1] (1, 3, H, W) -> nearest pixels (H, W, 3) uint8."""
     p = to_pixel_units(x).round().clamp(0, 255).to(torch.uint8)
     return p[0].permute(1, 2, 0).cpu().numpy()
-
-
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().reshape(-1).float().cpu()
-
-
-def step_coding_model(u: torch.Tensor, sigma_p: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """P(k | u) = G((k - u + 1/2) delta) - G((k - u - 1/2) delta): a discretized logistic in k
-    of mean u and scale b / delta (b the logistic scale of sigma_p); returns flat (mean, scale)."""
-    return _flat(u), _flat(logistic_scale(sigma_p) / delta)
 
 
 class _Ladder:
@@ -141,25 +133,23 @@ class _Ladder:
         """x_hat = (z - sigma eps_hat) / alpha at the current step."""
         return denoise(self.z, self.eps_hat, self.gammas[self.i])
 
-    def step_prior(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """mu_p, sigma_p, delta of step i, and the dither u shared through the seed."""
+    def step_context(self) -> StepContext:
+        """Step i's prior p(z_s | z_t) (mu_p, sigma_p, delta) and what its coder needs to draw shared randomness."""
         g_t, g_s = self.gammas[self.i], self.gammas[self.i + 1]
         mu_p, sigma_p = prior(self.z, self.eps_hat, self.s_hat, g_t, g_s)
-        delta = posterior_width(g_t, g_s)
-        u = rng.dither(self.seed, self.i, self.shape, self.device)
-        return mu_p, sigma_p, delta, u
+        return StepContext(self.seed, self.i, self.z, g_t, g_s, mu_p, sigma_p, posterior_width(g_t, g_s),
+                           self.timer.clock)
 
-
-    def advance(self, k: torch.Tensor, mu_p: torch.Tensor, delta: torch.Tensor, u: torch.Tensor) -> None:
-        """z_s = (k - u) delta + mu_p, then the network at the next step."""
-        self.z = (k.to(self.device).reshape(self.shape).float() - u) * delta + mu_p
+    def advance(self, z_s: torch.Tensor) -> None:
+        """Move to z_s, then the network at the next step."""
+        self.z = z_s
         self.i += 1
         self._predict()
 
     def pixel_model(self) -> tuple[torch.Tensor, torch.Tensor]:
         """p(x | z_0) as (mean, scale) per sub-pixel in pixel units."""
         m, b = pixel_prior(self.z, self.eps_hat, self.s_hat, self.gammas[self.T])
-        return _flat(m), _flat(b)
+        return flat(m), flat(b)
 
     def reconstruct(self, recon: str) -> np.ndarray:
         """The image shown at the current step: denoise, flow (DDIM to t = 0) or ancestral sampling."""
@@ -188,11 +178,19 @@ def _pixels_tensor(src: SourceImage, device: torch.device) -> torch.Tensor:
 
 
 def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Path = DEFAULT_MODEL,
-                  seed: int | None = None, device: str = "cpu", progress: Progress | None = None) -> EncodeResult:
-    """Encode an image into a diffcodec file and report every rung's bytes, bits and PSNR (denoise)."""
+                  seed: int | None = None, device: str = "cpu", progress: Progress | None = None,
+                  coder: str = "uq", rec_steps: int | None = None, posterior: str = "uniform",
+                  rec_bits: int = TARGET_BITS) -> EncodeResult:
+    """Encode an image into a diffcodec file and report every rung's bytes, bits, KL and PSNR (denoise).
+
+    coder: "uq" (universal quantization), "rec" (shared-seed REC for every step) or "hybrid" (REC for the first
+    `rec_steps` steps, default T // 2, then UQ); REC sends the `posterior` family ("uniform" or "gaussian") in
+    chunks of about `rec_bits` bits. The decoder reads the choice from the file.
+    """
     t_start = time.perf_counter()
     src = load_image(image)
     loaded = load_model(model, device)
+    coders = step_coders(loaded.model.steps, coder, rec_steps, posterior, rec_bits)
     seed = secrets.randbits(63) if seed is None else int(seed)
     h, w = src.pixels.shape[:2]
     # validates every field before any work; the rung-0 check is known once the ladder has started
@@ -203,43 +201,40 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
     x = to_unit(pixels)
     shown = ladder.reconstruct("denoise")
     header = replace(header, check=rung_check(shown.tobytes()))
-    chunks, bits, psnrs = [], [], [psnr(shown, src.pixels)]
-    nelbo = 0.0
-    for i in range(ladder.T):
-        t = time.perf_counter()
-        mu_p, sigma_p, delta, u = ladder.step_prior()
-        mean, scale = step_coding_model(u, sigma_p, delta)
-        mu_q, _ = posterior(ladder.z, x, ladder.gammas[i], ladder.gammas[i + 1])
-        k = torch.round((mu_q - mu_p) / delta + u)  # k = round((mu_q - mu_p) / delta + u)
-        timer.clock["tables"] += time.perf_counter() - t
-        payload, b = encode_symbols(_flat(k).long().numpy(), mean, scale, clock=timer.clock)
-        z_s = (k - u) * delta + mu_p
-        nelbo += float(step_bits(z_s, mu_p, sigma_p, delta).double().sum())
-        bits.append(b)
-        ladder.advance(k, mu_p, delta, u)
+    chunks, bits, kls, psnrs = [], [], [], [psnr(shown, src.pixels)]
+    for step_coder in coders:
+        sent = step_coder.send(ladder.step_context(), x)
+        bits.append(sent.bits)
+        kls.append(sent.kl_bits)
+        ladder.advance(sent.z_s)
         shown = ladder.reconstruct("denoise")
-        chunks.append(Chunk(CODER_UQ, payload, rung_check(shown.tobytes())))
+        chunks.append(Chunk(step_coder.coder_id, sent.payload, rung_check(shown.tobytes())))
         psnrs.append(psnr(shown, src.pixels))
+    nelbo = sum(kls)
     m, b_x = ladder.pixel_model()
-    payload, b = encode_symbols(_flat(pixels).long().numpy(), m, b_x, lo=0, hi=255, clock=timer.clock)
-    nelbo += float(pixel_bits(_flat(pixels), m, b_x).double().sum())
+    payload, b = encode_symbols(flat(pixels).long().numpy(), m, b_x, lo=0, hi=255, clock=timer.clock)
+    nelbo += float(pixel_bits(flat(pixels), m, b_x).double().sum())
     nelbo += float(top_bits(x, ladder.gammas[0]).double().sum())  # not sent: z_1 comes from the seed
     chunks.append(Chunk(CODER_UQ, payload, rung_check(src.pixels.tobytes())))
     bits.append(b)
     psnrs.append(math.inf)
     data = write_stream(header, chunks)
+    kls = [None, *kls, None]
     rungs = [
-        Rung(r.rung, r.pixels, r.bytes, r.cum_bytes, r.bpp, ideal_bits=bits[r.rung - 1] if r.rung else 0.0, psnr=p)
-        for r, p in zip(rung_table(read_stream(data)), psnrs)
+        Rung(r.rung, r.pixels, r.bytes, r.cum_bytes, r.bpp, ideal_bits=bits[r.rung - 1] if r.rung else 0.0,
+             kl_bits=kl, psnr=p)
+        for r, p, kl in zip(rung_table(read_stream(data)), psnrs, kls)
     ]
     total = time.perf_counter() - t_start
     return EncodeResult(data, rungs, float(sum(bits)), nelbo, timer.as_dict(total))
 
 
 def encode(image: str | Path | Image.Image | np.ndarray, model: str | Path = DEFAULT_MODEL,
-           seed: int | None = None, device: str = "cpu", progress: Progress | None = None) -> bytes:
-    """Encode an image (path, PIL image or uint8 array) into the bytes of a diffcodec file."""
-    return encode_report(image, model, seed, device, progress).data
+           seed: int | None = None, device: str = "cpu", progress: Progress | None = None,
+           coder: str = "uq", rec_steps: int | None = None, posterior: str = "uniform") -> bytes:
+    """Encode an image (path, PIL image or uint8 array) into the bytes of a diffcodec file
+    (coder, rec_steps and posterior as in `encode_report`)."""
+    return encode_report(image, model, seed, device, progress, coder, rec_steps, posterior).data
 
 
 def _verify(k: int, pixels: np.ndarray, expected: int) -> None:
@@ -285,8 +280,10 @@ def open_stream(data: bytes, model: str | Path | None = None, device: str = "cpu
             f"has {loaded.model.steps}"
         )
     for i, chunk in enumerate(stream.chunks):
-        if chunk.coder != CODER_UQ:
-            raise BitstreamError(f"chunk {i}: coder {CODERS.get(chunk.coder, chunk.coder)!r} is not supported by this version")
+        if i < stream.header.steps:
+            receiver(chunk.coder, i)  # raises for a coder that cannot send a step
+        elif chunk.coder != CODER_UQ:
+            raise BitstreamError(f"chunk {i}: coder {CODERS.get(chunk.coder, chunk.coder)!r} cannot send the lossless chunk")
     return stream, loaded
 
 
@@ -323,9 +320,7 @@ def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, mod
         yield rung(0, pixels)
     for i, chunk in enumerate(stream.chunks[:last]):
         if i < ladder.T:
-            mu_p, sigma_p, delta, u = ladder.step_prior()
-            k = torch.from_numpy(decode_symbols(chunk.payload, *step_coding_model(u, sigma_p, delta), clock=ladder.timer.clock))
-            ladder.advance(k, mu_p, delta, u)
+            ladder.advance(receiver(chunk.coder, i).receive(ladder.step_context(), chunk.payload))
             pixels = shown(i + 1)
         else:
             m, b = ladder.pixel_model()

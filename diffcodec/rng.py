@@ -14,10 +14,20 @@ import torch
 DITHER = 1
 TOP_NOISE = 2
 ANCESTRAL = 3
+REC_CANDIDATES = 4  # shared: the uniforms behind each REC chunk's candidates
+REC_TIMES = 5  # encoder only: the arrival times of the Poisson functional representation
 
 
 def _generator(seed: int, purpose: int, step: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, purpose, step])))
+
+
+def chunk_generator(seed: int, purpose: int, step: int, chunk: int) -> np.random.Generator:
+    """The generator of one REC chunk: PCG64 from SeedSequence([seed, purpose, step, chunk]).
+
+    Its `random()` doubles use one 64-bit draw each, so `bit_generator.advance(k)` skips exactly k of them.
+    """
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, purpose, step, chunk])))
 
 
 def uniform(seed: int, purpose: int, step: int, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:

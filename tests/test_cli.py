@@ -182,14 +182,14 @@ def test_encode_json_has_the_documented_keys(tmp_path: Path, tiny_model: Path) -
     assert result.stderr == ""  # no progress bar with --json
     doc = strict_json(result.stdout)
     assert set(doc) == {"bytes", "bpp", "ideal_bits", "nelbo_bits", "seconds", "rungs"}
-    assert set(doc["seconds"]) == {"network", "tables", "coder", "total"}
+    assert set(doc["seconds"]) == {"network", "tables", "coder", "rec", "total"}
     assert all(isinstance(v, float) and v >= 0 for v in doc["seconds"].values())
     assert doc["bytes"] == out.stat().st_size
     assert doc["bpp"] == pytest.approx(doc["bytes"] * 8 / (37 * 53))
     rungs = doc["rungs"]
     assert [r["rung"] for r in rungs] == list(range(TINY_STEPS + 2))
     for r in rungs:
-        assert set(r) == {"rung", "bytes", "cum_bytes", "bpp", "psnr", "ideal_bits"}
+        assert set(r) == {"rung", "bytes", "cum_bytes", "bpp", "psnr", "ideal_bits", "kl_bits"}
     stream = read_stream(out.read_bytes())
     assert [r["cum_bytes"] for r in rungs] == [stream.rung_bytes(k) for k in range(TINY_STEPS + 2)]
     assert rungs[-1]["cum_bytes"] == doc["bytes"]

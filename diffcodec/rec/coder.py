@@ -1,0 +1,144 @@
+"""One diffusion step sent by chunked shared-seed REC (ordered random coding / Poisson functional representation).
+
+Both sides split the step's n elements (flat order) into chunks from the decoder-predictable cost
+`expected_bits` times a factor f the encoder sends (f = the step's KL / its expected bits, so budgets match the
+real KL on average); greedy: a chunk closes before it would exceed `target_bits`, or at MAX_CHUNK_ELEMENTS; and give
+chunk c the budget b_c = ceil(its expected bits) in [1, target_bits] and 2^(b_c + margin) candidates z_j ~ p,
+drawn from the uniforms of rng.chunk_generator(seed, REC_CANDIDATES, step, c). The encoder picks
+j* = argmin_j (log T_j - log w_j), T_j the arrival times of a unit Poisson process and w_j = q(z_j) / p(z_j);
+the indices are entropy-coded (entropy/index.py). The decoder skips to row j* of the same uniforms and rebuilds
+the candidate. Both sides build z_s by the one function `_regenerate`, so they hold bit-identical values.
+The encoder's work is at most 2^(target_bits + margin) candidates per chunk: a lone element of KL above
+target_bits gets that many, and its sample is then only approximately from q (the file stays decodable and its
+last rung exact).
+
+Payload: u8 posterior family (FAMILY_IDS), u8 target_bits, u8 margin, u16 f * 256 (little-endian), then the index
+words (u32 little-endian).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffcodec import rng
+from diffcodec.entropy.index import decode_indices, encode_indices
+from diffcodec.errors import BadInputError, BitstreamError
+from diffcodec.rec.family import DRAWS, StepPrior, candidates, check_family, expected_bits, kl_bits
+from diffcodec.rec.score import score
+
+TARGET_BITS = 10
+MARGIN = 2
+MAX_TARGET_BITS = 16
+MAX_MARGIN = 4  # a chunk's index table has at most 2^(16 + 4) entries
+MAX_CHUNK_ELEMENTS = 4096
+FAMILY_IDS = {"uniform": 1, "gaussian": 2}
+"""Posterior family -> the id in a REC payload's first byte (stable ids)."""
+_FAMILY_NAMES = {i: name for name, i in FAMILY_IDS.items()}
+_PREFIX = struct.Struct("<BBBH")
+_FACTOR_UNITS = 256  # f is sent in 1/256 steps
+_COST_UNITS = 256  # expected bits are rounded to 1/256 bit before the greedy split: integer sums are exact
+_BLOCK_VALUES = 1 << 22  # uniforms per candidate block: bounds the encoder's memory
+
+
+@dataclass(frozen=True)
+class RecStep:
+    """What encoding one step by REC produced."""
+
+    payload: bytes
+    bits: float  # information content of the indices (plus the 5 prefix bytes' 40 bits)
+    z_s: Tensor  # (n,) float64: the decoder's sample
+    chunks: int
+    expected_bits: float  # the decoder-predicted KL of the step (sum of expected_bits, before the factor f)
+    kl_bits: float  # the step's KL(q || p)
+
+
+def plan(family: str, p: StepPrior, target_bits: int, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk boundaries `starts` (c + 1,) and budgets `bits` (c,) from decoder-side information and the sent
+    factor f = factor / 256."""
+    cost = expected_bits(family, p).numpy() * (factor / _FACTOR_UNITS)
+    units = np.rint(cost * _COST_UNITS).astype(np.int64).tolist()
+    limit = target_bits * _COST_UNITS
+    starts, budgets, total, first = [0], [], 0, 0
+    for i, u in enumerate(units):
+        if i > first and (total + u > limit or i - first == MAX_CHUNK_ELEMENTS):
+            starts.append(i)
+            budgets.append(total)
+            total, first = 0, i
+        total += u
+    starts.append(len(units))
+    budgets.append(total)
+    bits = np.clip(-(-np.asarray(budgets, np.int64) // _COST_UNITS), 1, target_bits)
+    return np.asarray(starts, np.int64), bits
+
+
+def _select(family: str, seed: int, step: int, chunk: int, p: StepPrior, mu_q: Tensor, count: int,
+            device: torch.device) -> int:
+    """j* = argmin_j log T_j - log w_j over the chunk's `count` candidates."""
+    m, d = p.mu_p.shape[0], DRAWS[family]
+    uniforms = rng.chunk_generator(seed, rng.REC_CANDIDATES, step, chunk)
+    log_t = np.log(np.cumsum(rng.chunk_generator(seed, rng.REC_TIMES, step, chunk).standard_exponential(count)))
+    pd = StepPrior(p.mu_p.to(device), p.sigma_p.to(device), p.delta.to(device))
+    mq = mu_q.to(device)
+    block = max(1, _BLOCK_VALUES // (d * m))
+    best, best_j = np.inf, 0
+    for first in range(0, count, block):
+        rows = min(block, count - first)
+        v = torch.from_numpy(uniforms.random((rows, d, m))).to(device)
+        key = torch.from_numpy(log_t[first : first + rows]).to(device) - score(family, candidates(family, pd, v), pd, mq)
+        j = int(torch.argmin(key))
+        if float(key[j]) < best:
+            best, best_j = float(key[j]), first + j
+    return best_j
+
+
+def _regenerate(family: str, seed: int, step: int, p: StepPrior, starts: np.ndarray, indices: np.ndarray) -> Tensor:
+    """z_s (n,) from each chunk's chosen index: row j of the chunk's shared uniforms, through `candidates`."""
+    d = DRAWS[family]
+    rows = []
+    for c, j in enumerate(indices.tolist()):
+        m = int(starts[c + 1] - starts[c])
+        uniforms = rng.chunk_generator(seed, rng.REC_CANDIDATES, step, c)
+        uniforms.bit_generator.advance(j * d * m)
+        rows.append(uniforms.random((d, m)))
+    v = torch.from_numpy(np.concatenate(rows, axis=1)) if rows else torch.zeros(d, 0, dtype=torch.float64)
+    return candidates(family, p, v)
+
+
+def encode_step(family: str, seed: int, step: int, p: StepPrior, mu_q: Tensor, target_bits: int = TARGET_BITS,
+                margin: int = MARGIN, device: torch.device | str = "cpu") -> RecStep:
+    """Send q(z_s | z_t, x) (mean mu_q (n,), float64) by REC; the scoring runs on `device`."""
+    check_family(family)
+    if not 1 <= target_bits <= MAX_TARGET_BITS or not 0 <= margin <= MAX_MARGIN:
+        raise BadInputError(f"REC needs 1 <= target_bits <= {MAX_TARGET_BITS} and 0 <= margin <= {MAX_MARGIN}, "
+                            f"got {target_bits} and {margin}")
+    kl = kl_bits(family, p, mu_q)
+    expected = float(expected_bits(family, p).sum())
+    factor = int(np.clip(np.ceil(float(kl.sum()) / max(expected, 1e-9) * _FACTOR_UNITS), 1, 2**16 - 1))
+    starts, bits = plan(family, p, target_bits, factor)
+    indices = np.array([
+        _select(family, seed, step, c, p.take(slice(a, b)), mu_q[a:b], 1 << int(bits[c] + margin), torch.device(device))
+        for c, (a, b) in enumerate(zip(starts[:-1].tolist(), starts[1:].tolist()))
+    ], np.int64)
+    words, info = encode_indices(indices, bits, margin)
+    z_s = _regenerate(family, seed, step, p, starts, indices)
+    prefix = _PREFIX.pack(FAMILY_IDS[family], target_bits, margin, factor)
+    return RecStep(prefix + words, info + 8 * _PREFIX.size, z_s, len(indices), expected, float(kl.sum()))
+
+
+def decode_step(payload: bytes, seed: int, step: int, p: StepPrior) -> Tensor:
+    """The decoder's z_s (n,) float64 from a REC step payload (the family is read from the payload)."""
+    if len(payload) < _PREFIX.size:
+        raise BitstreamError(f"REC step payload of {len(payload)} bytes is cut inside its {_PREFIX.size}-byte prefix")
+    family_id, target_bits, margin, factor = _PREFIX.unpack_from(payload)
+    if family_id not in _FAMILY_NAMES or not 1 <= target_bits <= MAX_TARGET_BITS or margin > MAX_MARGIN \
+            or factor == 0:
+        raise BitstreamError("REC step payload has an invalid (family, target_bits, margin, factor) prefix: it is corrupt")
+    family = _FAMILY_NAMES[family_id]
+    starts, bits = plan(family, p, target_bits, factor)
+    indices = decode_indices(payload[_PREFIX.size:], bits, margin)
+    return _regenerate(family, seed, step, p, starts, indices)

@@ -1,0 +1,159 @@
+"""The two ways to send one diffusion step z_t -> z_s, behind one interface: universal quantization ("uq",
+DESIGN.md section 2) and shared-seed relative entropy coding ("rec", diffcodec/rec/, with a uniform or Gaussian
+posterior). codec.py walks the ladder; a step coder only sends or receives one step given its `StepContext`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from diffcodec import rng
+from diffcodec.bitstream import CODER_REC, CODER_UQ, CODERS
+from diffcodec.entropy import decode_symbols, encode_symbols
+from diffcodec.errors import BadInputError, BitstreamError
+from diffcodec.rec import FAMILIES, StepPrior, decode_step, encode_step
+from diffcodec.rec.coder import TARGET_BITS
+from diffcodec.uqdm import logistic_scale, posterior, step_bits
+
+CODER_CHOICES = ("uq", "rec", "hybrid")
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What encoder and decoder both hold at step `step` (t -> s): the prior and where to draw shared randomness."""
+
+    seed: int
+    step: int
+    z_t: Tensor  # (1, 3, H, W)
+    gamma_t: Tensor
+    gamma_s: Tensor
+    mu_p: Tensor  # (1, 3, H, W)
+    sigma_p: Tensor  # (1, 3, H, W): std of the network's logistic g
+    delta: Tensor  # scalar: width of the uniform posterior
+    clock: dict[str, float]  # seconds per phase ("tables", "coder", "rec"), added to by the coders
+
+    def flat_prior(self) -> StepPrior:
+        """The prior as flat float64 CPU tensors, as REC takes it."""
+        return StepPrior(_flat64(self.mu_p), _flat64(self.sigma_p), self.delta.detach().double().cpu())
+
+
+@dataclass(frozen=True)
+class SentStep:
+    """One step as the encoder sent it."""
+
+    payload: bytes
+    bits: float  # information content of the payload
+    z_s: Tensor  # (1, 3, H, W): the decoder's z_s, bit-identical
+    kl_bits: float  # the step's KL(q || p) in bits (for UQ: the Monte-Carlo KL at z_s, which is what UQ spends)
+
+
+class StepCoder(Protocol):
+    """Sends (encoder) or receives (decoder) one step; `coder_id` is the chunk's coder id in the container."""
+
+    coder_id: int
+
+    def send(self, ctx: StepContext, x: Tensor) -> SentStep:
+        """Code q(z_s | z_t, x) for data x in [-1, 1] (1, 3, H, W)."""
+        ...
+
+    def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
+        """The decoder's z_s (1, 3, H, W) from the chunk payload."""
+        ...
+
+
+def flat(t: Tensor) -> Tensor:
+    """t as a flat float32 CPU tensor."""
+    return t.detach().reshape(-1).float().cpu()
+
+
+def _flat64(t: Tensor) -> Tensor:
+    return t.detach().reshape(-1).double().cpu()
+
+
+def step_coding_model(u: Tensor, sigma_p: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+    """P(k | u) = G((k - u + 1/2) delta) - G((k - u - 1/2) delta): a discretized logistic in k
+    of mean u and scale b / delta (b the logistic scale of sigma_p); returns flat (mean, scale)."""
+    return flat(u), flat(logistic_scale(sigma_p) / delta)
+
+
+class UQCoder:
+    """Universal quantization: k = round((mu_q - mu_p) / delta + u), z_s = (k - u) delta + mu_p."""
+
+    coder_id = CODER_UQ
+
+    def _dither(self, ctx: StepContext) -> Tensor:
+        return rng.dither(ctx.seed, ctx.step, tuple(ctx.z_t.shape), ctx.z_t.device)
+
+    def send(self, ctx: StepContext, x: Tensor) -> SentStep:
+        t = time.perf_counter()
+        u = self._dither(ctx)
+        mu_q, _ = posterior(ctx.z_t, x, ctx.gamma_t, ctx.gamma_s)
+        k = torch.round((mu_q - ctx.mu_p) / ctx.delta + u)  # k = round((mu_q - mu_p) / delta + u)
+        ctx.clock["tables"] += time.perf_counter() - t
+        payload, bits = encode_symbols(flat(k).long().numpy(), *step_coding_model(u, ctx.sigma_p, ctx.delta),
+                                       clock=ctx.clock)
+        z_s = (k - u) * ctx.delta + ctx.mu_p
+        kl = float(step_bits(z_s, ctx.mu_p, ctx.sigma_p, ctx.delta).double().sum())
+        return SentStep(payload, bits, z_s, kl)
+
+    def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
+        u = self._dither(ctx)
+        k = decode_symbols(payload, *step_coding_model(u, ctx.sigma_p, ctx.delta), clock=ctx.clock)
+        return (torch.from_numpy(k).to(ctx.z_t.device).reshape(ctx.z_t.shape).float() - u) * ctx.delta + ctx.mu_p
+
+
+class RecCoder:
+    """Chunked shared-seed REC of the uniform or the Gaussian posterior (the family travels in the payload)."""
+
+    coder_id = CODER_REC
+
+    def __init__(self, family: str = "uniform", target_bits: int = TARGET_BITS) -> None:
+        self.family, self.target_bits = family, target_bits
+
+    def send(self, ctx: StepContext, x: Tensor) -> SentStep:
+        t = time.perf_counter()
+        p = ctx.flat_prior()
+        mu_q = _flat64(posterior(ctx.z_t, x, ctx.gamma_t, ctx.gamma_s)[0])
+        sent = encode_step(self.family, ctx.seed, ctx.step, p, mu_q, self.target_bits, device=ctx.z_t.device)
+        z_s = sent.z_s.float().reshape(ctx.z_t.shape).to(ctx.z_t.device)
+        ctx.clock["rec"] = ctx.clock.get("rec", 0.0) + time.perf_counter() - t
+        return SentStep(sent.payload, sent.bits, z_s, sent.kl_bits)
+
+    def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
+        t = time.perf_counter()
+        z_s = decode_step(payload, ctx.seed, ctx.step, ctx.flat_prior())
+        ctx.clock["rec"] = ctx.clock.get("rec", 0.0) + time.perf_counter() - t
+        return z_s.float().reshape(ctx.z_t.shape).to(ctx.z_t.device)
+
+
+def step_coders(steps: int, coder: str = "uq", rec_steps: int | None = None, posterior_family: str = "uniform",
+                rec_bits: int = TARGET_BITS) -> list[StepCoder]:
+    """The coder of each of the T steps: all "uq", all "rec", or "hybrid" (the first `rec_steps` by REC, default
+    T // 2, the rest by UQ). REC sends `posterior_family` ("uniform" or "gaussian") in chunks of ~`rec_bits` bits."""
+    if coder not in CODER_CHOICES:
+        raise BadInputError(f"unknown coder {coder!r}: choose one of {', '.join(CODER_CHOICES)}")
+    if posterior_family not in FAMILIES:
+        raise BadInputError(f"unknown posterior {posterior_family!r}: choose one of {', '.join(FAMILIES)}")
+    if rec_steps is not None and coder != "hybrid":
+        raise BadInputError("rec_steps (--rec-steps) only applies to the hybrid coder (--coder hybrid)")
+    if rec_steps is not None and not 0 <= rec_steps <= steps:
+        raise BadInputError(f"rec_steps must be in [0, {steps}] for a model of {steps} steps, got {rec_steps}")
+    if posterior_family != "uniform" and coder == "uq":
+        raise BadInputError("a Gaussian posterior needs REC: pass --coder rec or --coder hybrid")
+    n_rec = {"uq": 0, "rec": steps, "hybrid": steps // 2 if rec_steps is None else rec_steps}[coder]
+    rec = RecCoder(posterior_family, rec_bits)
+    return [rec if i < n_rec else UQCoder() for i in range(steps)]
+
+
+def receiver(coder_id: int, chunk: int) -> StepCoder:
+    """The coder that reads a step chunk of this coder id."""
+    if coder_id == CODER_UQ:
+        return UQCoder()
+    if coder_id == CODER_REC:
+        return RecCoder()
+    raise BitstreamError(f"chunk {chunk}: coder {CODERS.get(coder_id, coder_id)!r} cannot send a diffusion step")
