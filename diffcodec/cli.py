@@ -137,12 +137,14 @@ def encode(
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**63 - 1, help="shared seed (default: random)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object with bytes, bits, timings and rungs"),
     force: bool = typer.Option(False, "--force", "-f", help="overwrite OUT if it exists"),
+    device: str = typer.Option("cpu", "--device", help="where the network runs: auto, cpu or cuda (decode on the kind you encoded on)"),
 ) -> None:
     """Compress IMAGE into one progressive file; every prefix of whole chunks decodes."""
     target = out or image.with_suffix(".dcz")
     _check_writable(target, force)
     with _progress("encoding", not as_json) as progress:
-        result = codec.encode_report(image, model=model, seed=seed, progress=progress)
+        result = codec.encode_report(image, model=model, seed=seed, device=codec.resolve_device(device),
+                                     progress=progress)
     _write_atomic(target, lambda p: p.write_bytes(result.data))
     if as_json:
         print(json.dumps({
@@ -171,9 +173,11 @@ def decode(
     all_rungs: Optional[Path] = typer.Option(None, "--all-rungs", help="also write every rung as DIR/rung_KK.png"),
     model: Optional[str] = typer.Option(None, "--model", help="model to decode with (default: the one named in the file)"),
     force: bool = typer.Option(False, "--force", "-f", help="overwrite existing outputs"),
+    device: str = typer.Option("cpu", "--device", help="where the network runs: auto, cpu or cuda (decode on the kind you encoded on)"),
 ) -> None:
     """Decode STREAM to a PNG (in the original image mode at the lossless rung)."""
     data = _read(stream)
+    target_device = codec.resolve_device(device)
     parsed = read_stream(data)
     target = out or stream.with_suffix(".decoded.png")
     _check_writable(target, force)
@@ -188,7 +192,7 @@ def decode(
         for k in range(last + 1):
             _check_writable(all_rungs / f"rung_{k:02d}.png", force)
     with _progress("decoding", True) as progress:
-        for r in codec.iter_rungs(data, recon.value, last, model, progress=progress,
+        for r in codec.iter_rungs(data, recon.value, last, model, target_device, progress=progress,
                                       only_last=all_rungs is None):
             if all_rungs is not None:
                 _make_dir(all_rungs)
