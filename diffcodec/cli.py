@@ -191,6 +191,7 @@ def encode(
                                             "(default: half of them)"),
     posterior: Posterior = typer.Option(Posterior.uniform, "--posterior", help="posterior sent by rec: uniform (the "
                                         "UQDM step) or gaussian (a Gaussian step with the same network)"),
+    device: str = typer.Option("cpu", "--device", help="where the network runs: auto, cpu or cuda (decode on the kind you encoded on)"),
 ) -> None:
     """Compress IMAGE into one progressive file; every prefix of whole chunks decodes."""
     target = out or image.with_suffix(".dcz")
@@ -200,8 +201,9 @@ def encode(
         raise typer.BadParameter("a gaussian posterior needs --coder rec or hybrid", param_hint="--posterior")
     _check_writable(target, force)
     with _progress("encoding", not as_json) as progress:
-        result = codec.encode_report(image, model=model, seed=seed, progress=progress, coder=coder.value,
-                                     rec_steps=rec_steps, posterior=posterior.value)
+        result = codec.encode_report(image, model=model, seed=seed, device=codec.resolve_device(device),
+                                     progress=progress, coder=coder.value, rec_steps=rec_steps,
+                                     posterior=posterior.value)
     _write_atomic(target, lambda p: p.write_bytes(result.data))
     if as_json:
         print(json.dumps({
@@ -233,9 +235,11 @@ def decode(
     force: bool = typer.Option(False, "--force", "-f", help="overwrite existing outputs"),
     max_pixels: int = typer.Option(codec.MAX_PIXELS, "--max-pixels", min=1,
                                    help="refuse a file whose header claims more pixels than this"),
+    device: str = typer.Option("cpu", "--device", help="where the network runs: auto, cpu or cuda (decode on the kind you encoded on)"),
 ) -> None:
     """Decode STREAM to a PNG (in the original image mode at the lossless rung)."""
     data = _read(stream)
+    target_device = codec.resolve_device(device)
     parsed = read_stream(data)
     target = out or stream.with_suffix(".decoded.png")
     _check_writable(target, force)
@@ -250,7 +254,7 @@ def decode(
         for k in range(last + 1):
             _check_writable(all_rungs / f"rung_{k:02d}.png", force)
     with _progress("decoding", True) as progress:
-        for r in codec.iter_rungs(data, recon.value, last, model, progress=progress,
+        for r in codec.iter_rungs(data, recon.value, last, model, target_device, progress=progress,
                                   only_last=all_rungs is None, max_pixels=max_pixels):
             if all_rungs is not None:
                 _make_dir(all_rungs)

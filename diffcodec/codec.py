@@ -90,6 +90,21 @@ class EncodeResult:
         return self.rungs[-1].bpp
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a CUDA device is present, else 'cpu'; 'cuda' without one is refused.
+    A file must be decoded on the device kind it was encoded on (the network's floats differ)."""
+    if device not in DEVICES:
+        raise BadInputError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BadInputError("device cuda: no CUDA device is available here; use --device cpu")
+    return device
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB of two uint8 images (inf when equal)."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
@@ -288,10 +303,11 @@ def open_stream(data: bytes, model: str | Path | None = None, device: str = "cpu
 
 
 def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, model: str | Path | None = None,
-               device: str = "cpu", progress: Progress | None = None, only_last: bool = False, *,
-               max_pixels: int = MAX_PIXELS) -> Iterator[Rung]:
+               device: str = "cpu", progress: Progress | None = None, only_last: bool = False,
+               timer: Timer | None = None, *, max_pixels: int = MAX_PIXELS) -> Iterator[Rung]:
     """Decode rung 0, 1, ... up to `upto` (default: every complete chunk present), yielding each as it is ready
-    (only rung `upto` with `only_last`, which skips the other rungs' reconstructions)."""
+    (only rung `upto` with `only_last`, which skips the other rungs' reconstructions); `timer`, if given,
+    collects the seconds of network, tables and coder."""
     if recon not in RECONS:
         raise BadInputError(f"unknown reconstruction {recon!r}: choose one of {', '.join(RECONS)}")
     stream, loaded = open_stream(data, model, device, max_pixels=max_pixels)
@@ -300,7 +316,7 @@ def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, mod
     if not 0 <= last <= len(stream.chunks):
         raise BadInputError(f"rung {last} is not in this file: it holds rungs 0 to {len(stream.chunks)}")
     h, w = stream.header.height, stream.header.width
-    ladder = _Ladder(loaded, stream.header.seed, h, w, Timer(), progress)
+    ladder = _Ladder(loaded, stream.header.seed, h, w, timer or Timer(), progress)
     checks = [stream.header.check] + [chunk.check for chunk in stream.chunks]
 
     def shown(k: int) -> np.ndarray | None:

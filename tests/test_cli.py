@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 from typer.testing import CliRunner, Result
@@ -475,3 +476,16 @@ def test_console_script_error(tmp_path: Path) -> None:
     assert proc.stdout == "" and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith("error: not a")
     assert listing(tmp_path) == set()
+
+
+def test_device_auto_round_trips_and_missing_cuda_is_one_line(tmp_path: Path, tiny_model: Path) -> None:
+    image = Path(__file__).parent / "data" / "kodim20_53x37.png"
+    ok(cli("encode", image, "-o", tmp_path / "x.dcz", "--model", tiny_model, "--seed", 4, "--device", "auto"))
+    ok(cli("decode", tmp_path / "x.dcz", "-o", tmp_path / "x.png", "--model", tiny_model, "--device", "auto"))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "x.png").convert("RGB")),
+                          np.asarray(Image.open(image).convert("RGB")))
+    if not torch.cuda.is_available():
+        assert_error(cli("encode", image, "-o", tmp_path / "y.dcz", "--model", tiny_model, "--device", "cuda"),
+                     1, "no CUDA device")
+        assert not (tmp_path / "y.dcz").exists()
+    assert_error(cli("decode", tmp_path / "x.dcz", "-o", tmp_path / "z.png", "--device", "tpu"), 1, "unknown device")

@@ -23,21 +23,17 @@ from torch import Tensor
 
 import constriction
 
-from diffcodec.entropy.tables import (
-    ESCAPE_BITS,
-    WINDOW_SCALES,
-    information_bits,
-    pmf_rows,
-    symbol_columns,
-    symbol_windows,
-)
+from diffcodec.entropy.tables import ESCAPE_BITS, WINDOW_SCALES, rate_table, symbol_windows
 from diffcodec.errors import BadInputError, BitstreamError
 
 TABLE_ENTRIES = 1 << 18  # table entries per batch: float64 temporaries of 2 MiB stay in cache
 _HALF_BITS = ESCAPE_BITS // 2
 _HALF_MASK = (1 << _HALF_BITS) - 1
 _OFFSET_MIN, _OFFSET_MAX = -(1 << (ESCAPE_BITS - 1)), (1 << (ESCAPE_BITS - 1)) - 1
-_TABLE_FAMILY = constriction.stream.model.Categorical(perfect=False)  # perfect=True is ~100x slower
+# perfect=True is ~100x slower. The lazy Categorical maps weights p (sum S, m columns) to
+# F_j = floor(sum_{i<j} p_i * (2**24 - m) / S) + j; the weights RateTable.rows = freq - 1 (integers < 2**24,
+# exact in float32) give S = 2**24 - m, scale 1, and F_{j+1} - F_j = freq_j: exactly our tables.
+_TABLE_FAMILY = constriction.stream.model.Categorical(perfect=False)
 _HALF_MODEL = constriction.stream.model.Uniform(1 << _HALF_BITS)
 
 
@@ -72,16 +68,18 @@ def encode_symbols(
     encoder = constriction.stream.queue.RangeEncoder()
     bits = 0.0
     ticks = _Ticks(clock)
-    for rows, window in _batches(scale_t, WINDOW_SCALES, lo, hi):
-        base, freqs = pmf_rows(mean_t[rows], scale_t[rows], window, lo, hi)
-        batch = symbols_t[rows]
-        _check_offsets(batch - base)
-        columns = symbol_columns(batch, base, window)
-        bits += information_bits(batch, base, freqs)
-        rows_f32, escaped = _constriction_rows(freqs), columns == 2 * window + 1
+    plan = _Plan(scale_t, WINDOW_SCALES, lo, hi)
+    mean_s, scale_s, symbols_s = plan.sort(mean_t), plan.sort(scale_t), plan.sort(symbols_t)
+    for rows, window in plan.batches():
+        table = rate_table(mean_s[rows], scale_s[rows], window, lo, hi, symbols_s[rows])
+        bits += table.bits
         ticks.lap("tables")
-        encoder.encode(_int32(columns), _TABLE_FAMILY, rows_f32)
-        encoder.encode(_split_offsets(batch[escaped] - base[escaped]), _HALF_MODEL)
+        encoder.encode(_int32(table.columns), _TABLE_FAMILY, table.rows.numpy())
+        if table.escapes:
+            escaped = table.columns == 2 * window + 1
+            offsets = symbols_s[rows][escaped] - table.base[escaped]
+            _check_offsets(offsets)
+            encoder.encode(_split_offsets(offsets), _HALF_MODEL)
         ticks.lap("coder")
     return bytes([WINDOW_SCALES]) + encoder.get_compressed().astype("<u4").tobytes(), bits
 
@@ -108,17 +106,19 @@ def decode_symbols(
     decoder = constriction.stream.queue.RangeDecoder(words)
     symbols = torch.zeros(mean_t.shape[0], dtype=torch.int64)
     ticks = _Ticks(clock)
-    for rows, window in _batches(scale_t, window_scales, lo, hi):
-        base, freqs = pmf_rows(mean_t[rows], scale_t[rows], window, lo, hi)
-        rows_f32 = _constriction_rows(freqs)
+    plan = _Plan(scale_t, window_scales, lo, hi)
+    mean_s, scale_s = plan.sort(mean_t), plan.sort(scale_t)
+    for rows, window in plan.batches():
+        table = rate_table(mean_s[rows], scale_s[rows], window, lo, hi)
         ticks.lap("tables")
-        columns = torch.from_numpy(_decode(decoder, _TABLE_FAMILY, rows_f32).astype(np.int64))
+        columns = torch.from_numpy(_decode(decoder, _TABLE_FAMILY, table.rows.numpy()).astype(np.int64))
+        batch = table.base + columns - window
         escaped = columns == 2 * window + 1
-        offsets = _join_offsets(_decode(decoder, _HALF_MODEL, 2 * int(escaped.sum())))
+        escapes = int(escaped.sum())
+        if escapes:
+            batch[escaped] = table.base[escaped] + _join_offsets(_decode(decoder, _HALF_MODEL, 2 * escapes))
         ticks.lap("coder")
-        batch = base + columns - window
-        batch[escaped] = base[escaped] + offsets
-        symbols[rows] = batch
+        symbols[plan.order[rows]] = batch
     if not decoder.maybe_exhausted():
         raise BitstreamError(
             "entropy payload does not end where its symbols do: it is truncated, padded or corrupt"
@@ -140,27 +140,27 @@ class _Ticks:
         self.last = now
 
 
-def _batches(scale: Tensor, window_scales: int, lo: int | None, hi: int | None) -> Iterator[tuple[Tensor, int]]:
-    """(row indices, W) of each batch in coding order: groups of equal W_i, cut to TABLE_ENTRIES."""
-    windows = symbol_windows(scale, window_scales, lo, hi)
-    order = torch.argsort(windows, stable=True)
-    values, counts = torch.unique_consecutive(windows[order], return_counts=True)
-    start = 0
-    for window, count in zip(values.tolist(), counts.tolist()):
-        rows = max(1, TABLE_ENTRIES // (2 * window + 2))
-        for first in range(start, start + count, rows):
-            yield order[first : min(first + rows, start + count)], window
-        start += count
+class _Plan:
+    """The coding order: symbols grouped by W_i (stable), each group cut into batches of TABLE_ENTRIES."""
 
+    def __init__(self, scale: Tensor, window_scales: int, lo: int | None, hi: int | None) -> None:
+        windows = symbol_windows(scale, window_scales, lo, hi)
+        self.order = torch.from_numpy(np.argsort(windows.numpy(), kind="stable"))  # a radix sort on uint8
+        values, counts = torch.unique_consecutive(windows[self.order], return_counts=True)
+        self.groups = list(zip(values.tolist(), counts.tolist()))
 
-def _constriction_rows(freqs: Tensor) -> np.ndarray:
-    """Rows that constriction's fast quantiser turns back into exactly `freqs`.
+    def sort(self, values: Tensor) -> Tensor:
+        """`values` in coding order (one gather; batches are then contiguous slices)."""
+        return torch.index_select(values, 0, self.order)
 
-    Its lazy Categorical maps weights p (sum S, m columns) to F_j = floor(sum_{i<j} p_i *
-    (2**24 - m) / S) + j; p = freqs - 1 (integers < 2**24, exact in float32) gives
-    S = 2**24 - m, scale 1, and F_{j+1} - F_j = freqs_j.
-    """
-    return (freqs - 1).to(torch.float32).numpy()
+    def batches(self) -> Iterator[tuple[slice, int]]:
+        """(slice of the sorted symbols, W) of each batch in coding order."""
+        start = 0
+        for window, count in self.groups:
+            rows = max(1, TABLE_ENTRIES // (2 * window + 2))
+            for first in range(start, start + count, rows):
+                yield slice(first, min(first + rows, start + count)), window
+            start += count
 
 
 def _int32(values: Tensor) -> np.ndarray:
