@@ -9,8 +9,8 @@ PSNR (RGB) and MS-SSIM are measured on the decoded pixels. Writes results.json, 
 rd_msssim.png and contact_sheet.png to --out, and prints PSNR at 0.25 / 0.5 / 1 / 2 bpp, lossless bits per
 sub-pixel and BD-rate / BD-PSNR of diffcodec against each baseline. Each image is cached under --out/cache,
 so an interrupted run resumes. Kodak takes about 4 to 5 minutes per image on one thread of a shared
-2-core machine (about 1.5 to 2 hours for 24 images)
-(the first image prints the estimate for the rest). Needs the bench extra: pip install -e '.[bench]'.
+2-core machine, 1.5 to 2 hours for 24 images (the first image prints the estimate for the rest).
+Needs the bench extra: pip install -e '.[bench]'.
 """
 
 from __future__ import annotations
