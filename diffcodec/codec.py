@@ -21,6 +21,7 @@ from PIL import Image
 
 from . import rng
 from .determinism import one_thread
+from .tiling import predict_tiled
 from .bitstream import CODER_UQ, CODERS, Chunk, Header, Stream, read_stream, rung_check, write_stream
 from .entropy import decode_symbols, encode_symbols
 from .rec.coder import TARGET_BITS
@@ -135,7 +136,7 @@ class _Ladder:
     def _net(self, z: torch.Tensor, gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(eps_hat, s_hat), bit-identical in encoder and decoder processes (see determinism.py)."""
         with torch.no_grad(), one_thread():
-            return self.model.predict(z, gamma)
+            return predict_tiled(self.model.predict, z, gamma)  # in tiles above 2 megapixels
 
     def _predict(self) -> None:
         t = time.perf_counter()
