@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 import diffcodec
+from roundtrip import timed_round_trip
 from diffcodec.image import load_image
 from diffcodec.train.data import list_images
 from diffcodec.zoo import load_model
@@ -26,14 +27,7 @@ from diffcodec.zoo import load_model
 
 def measure(path: Path, model: str) -> dict:
     pixels = load_image(path).pixels
-    t = time.perf_counter()
-    result = diffcodec.encode_report(path, model=model, seed=0)
-    t_enc = time.perf_counter() - t
-    t = time.perf_counter()
-    rungs = diffcodec.decode_rungs(result.data, model=model)
-    t_dec = time.perf_counter() - t
-    if not np.array_equal(rungs[-1].pixels, pixels):
-        raise SystemExit(f"{path}: last rung is not exact")
+    result, rungs, t_enc, t_dec = timed_round_trip(path, pixels, model, str(path))
     h, w = pixels.shape[:2]
     return {
         "image": path.name,

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import diffcodec
+from roundtrip import timed_round_trip
 from diffcodec.bitstream import CODER_REC, read_stream
 from diffcodec.image import load_image
 from diffcodec.rec.coder import TARGET_BITS
@@ -42,14 +42,7 @@ def parse_config(text: str) -> dict:
 
 
 def measure(pixels: np.ndarray, config: dict, model: str, rec_bits: int) -> dict:
-    t = time.perf_counter()
-    result = diffcodec.encode_report(pixels, model=model, seed=0, rec_bits=rec_bits, **config)
-    t_enc = time.perf_counter() - t
-    t = time.perf_counter()
-    rungs = diffcodec.decode_rungs(result.data, model=model)
-    t_dec = time.perf_counter() - t
-    if not np.array_equal(rungs[-1].pixels, pixels):
-        raise SystemExit(f"{config}: last rung is not exact")
+    result, rungs, t_enc, t_dec = timed_round_trip(pixels, pixels, model, str(config), rec_bits=rec_bits, **config)
     chunks = read_stream(result.data).chunks
     rows = []
     for r, d in zip(result.rungs, rungs):

@@ -31,7 +31,6 @@ from conftest import (
     TINY_NAME,
     TINY_STEPS,
     make_mode_image,
-    make_unsupported_image,
     one_pixel_image,
     rgb_pixels,
 )
@@ -253,31 +252,7 @@ def text_file(tmp_path: Path) -> Path:
     return path
 
 
-ENCODE_ERRORS: dict[str, tuple[Callable[[Path], Path], tuple[str, ...]]] = {
-    "missing-input": (lambda d: d / "missing.png", ("missing.png", "no such file")),
-    "text-file": (text_file, ("notes.txt", "not a readable image")),
-    "directory": (lambda d: d, ("directory",)),
-}
-
-
-@pytest.mark.parametrize("case", ENCODE_ERRORS)
-def test_encode_refuses_bad_input(case: str, tmp_path: Path, tiny_model: Path) -> None:
-    make, needles = ENCODE_ERRORS[case]
-    work = tmp_path / "work"
-    work.mkdir()
-    image = make(work)
-    before = listing(work)
-    assert_error(cli("encode", image, "-o", work / "out.dcz", "--model", tiny_model), 1, *needles)
-    assert listing(work) == before
-
-
-@pytest.mark.parametrize(("mode", "needle"), [("RGBA", "alpha channel"), ("I;16", "16 bits per sample"),
-                                             ("CMYK", "unsupported image mode 'CMYK'")])
-def test_encode_refuses_unsupported_modes(mode: str, needle: str, tmp_path: Path, tiny_model: Path) -> None:
-    image = make_unsupported_image(tmp_path, mode)
-    before = listing(tmp_path)
-    assert_error(cli("encode", image, "-o", tmp_path / "out.dcz", "--model", tiny_model), 1, needle, "convert")
-    assert listing(tmp_path) == before
+# Encoder refusals (missing, not an image, directory, alpha, 16-bit, CMYK, ...): tests/test_hostile.py.
 
 
 def truncated_header(tmp_path: Path, stream20: bytes) -> Path:
