@@ -23,6 +23,7 @@ from torch import Tensor
 
 import constriction
 
+from diffcodec.determinism import one_thread
 from diffcodec.entropy.tables import ESCAPE_BITS, WINDOW_SCALES, rate_table, symbol_windows
 from diffcodec.errors import BadInputError, BitstreamError
 
@@ -37,6 +38,7 @@ _TABLE_FAMILY = constriction.stream.model.Categorical(perfect=False)
 _HALF_MODEL = constriction.stream.model.Uniform(1 << _HALF_BITS)
 
 
+@one_thread()  # like the network: immune to oversubscribed cores, and the tables never depend on the split
 def encode_symbols(
     symbols: np.ndarray,
     mean: Tensor | np.ndarray,
@@ -84,6 +86,7 @@ def encode_symbols(
     return bytes([WINDOW_SCALES]) + encoder.get_compressed().astype("<u4").tobytes(), bits
 
 
+@one_thread()
 def decode_symbols(
     payload: bytes,
     mean: Tensor | np.ndarray,
