@@ -110,6 +110,7 @@ def _one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
+DEVICE_HELP = "where the network runs: auto, cpu or cuda (decode on the kind you encoded on)"
 RECON_HELP = "how to show a lossy rung: denoise (best PSNR), flow (deterministic), ancestral (sampled, sharpest)"
 
 
@@ -191,7 +192,7 @@ def encode(
                                             "(default: half of them)"),
     posterior: Posterior = typer.Option(Posterior.uniform, "--posterior", help="posterior sent by rec: uniform (the "
                                         "UQDM step) or gaussian (a Gaussian step with the same network)"),
-    device: str = typer.Option("cpu", "--device", help="where the network runs: auto, cpu or cuda (decode on the kind you encoded on)"),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
     """Compress IMAGE into one progressive file; every prefix of whole chunks decodes."""
     target = out or image.with_suffix(".dcz")
@@ -235,7 +236,7 @@ def decode(
     force: bool = typer.Option(False, "--force", "-f", help="overwrite existing outputs"),
     max_pixels: int = typer.Option(codec.MAX_PIXELS, "--max-pixels", min=1,
                                    help="refuse a file whose header claims more pixels than this"),
-    device: str = typer.Option("cpu", "--device", help="where the network runs: auto, cpu or cuda (decode on the kind you encoded on)"),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
     """Decode STREAM to a PNG (in the original image mode at the lossless rung)."""
     data = _read(stream)

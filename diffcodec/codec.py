@@ -341,8 +341,8 @@ def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, mod
             pixels = shown(i + 1)
         else:
             m, b = ladder.pixel_model()
-            flat = decode_symbols(chunk.payload, m, b, lo=0, hi=255, clock=ladder.timer.clock).astype(np.uint8)
-            pixels = flat.reshape(3, h, w).transpose(1, 2, 0).copy()
+            symbols = decode_symbols(chunk.payload, m, b, lo=0, hi=255, clock=ladder.timer.clock).astype(np.uint8)
+            pixels = symbols.reshape(3, h, w).transpose(1, 2, 0).copy()
             _verify(i + 1, pixels, chunk.check)
         if pixels is not None:
             yield rung(i + 1, pixels)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..codec import encode_report
 from ..zoo import WEIGHTS_FILE, weights_hash
 from .data import list_images
 from .loop import Summary, TrainOptions
@@ -16,19 +16,15 @@ from .loop import Summary, TrainOptions
 CARD_FILE = "README.md"
 
 
-def measure_ladder(folder: Path, model: Path, progress: Callable[[int, int], None] | None = None) -> dict:
+def measure_ladder(folder: Path, model: Path) -> dict:
     """Encode every photo of `folder` with `model` (seed 0) and average each rung's bpp and PSNR (denoise) and
     the lossless bits per sub-pixel, from the real file bytes."""
-    from ..codec import encode_report  # the codec is only needed for this measurement
-
     paths = list_images(folder)
     rows, pixels = [], []
-    for i, path in enumerate(paths):
+    for path in paths:
         rows.append(encode_report(path, model=model, seed=0))
         with Image.open(path) as im:
             pixels.append(im.width * im.height)
-        if progress:
-            progress(i + 1, len(paths))
     return {
         "folder": str(folder),
         "images": len(rows),
@@ -54,10 +50,8 @@ def _table(ladder: dict) -> list[str]:
 
 def write_card(opts: TrainOptions, summary: Summary, command: str, ladder: dict | None = None) -> Path:
     """Write OUT/README.md describing the model in OUT/model.pt (and OUT/ladder.json when measured)."""
-    from ..zoo import load_file
-
     model_file = opts.out / WEIGHTS_FILE
-    config = load_file(model_file).config
+    config = summary.config
     seconds = sum(s["seconds"] for s in summary.segments)
     val_source = str(opts.val) if opts.val else f"1 in 25 photos of {opts.data} held out by a hash of the file name"
     lines = [

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
+import torch
 import typer
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
@@ -55,12 +56,6 @@ def train_command(
 ) -> None:
     """Train a UQDM model on random crops of DATA. Resumable, and data-parallel under torchrun:
     `torchrun --nproc_per_node N -m diffcodec train DATA --out DIR` (gloo on CPU, nccl on CUDA)."""
-    import torch
-
-    if device not in ("auto", "cpu", "cuda"):
-        raise BadInputError(f"--device {device!r}: choose auto, cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise BadInputError("--device cuda: no CUDA device is available")
     for folder, flag in ((data, "DATA"), (val, "--val"), (measure, "--measure")):
         if folder is not None and not folder.is_dir():
             raise BadInputError(f"{flag} {folder}: not a directory")

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..codec import resolve_device
 from ..errors import DiffcodecError
 
 
@@ -32,7 +33,7 @@ class World:
 
 def start(device: str = "auto") -> World:
     """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), if any."""
-    cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    cuda = resolve_device(device) == "cuda"
     size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     dev = torch.device(f"cuda:{local}" if cuda else "cpu")
@@ -77,6 +78,15 @@ def gather(obj: object, world: World) -> list[object]:
     out: list[object] = [None] * world.size
     dist.all_gather_object(out, obj)
     return out
+
+
+def from_main(flag: bool, world: World) -> bool:
+    """Rank 0's flag, on every rank."""
+    if world.size == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=world.device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
 
 
 def mean(value: float, world: World) -> float:

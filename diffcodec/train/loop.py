@@ -9,7 +9,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +79,8 @@ class Summary:
     parameters: int
     n_train: int
     n_val: int
-    segments: list[dict] = field(default_factory=list)  # one per run: hardware, steps, seconds
-    fingerprint: str = ""
-    finished: bool = False
+    config: ModelConfig
+    segments: list[dict]  # one per run: hardware, steps, seconds
 
 
 def save_atomic(obj: dict, path: Path) -> None:
@@ -239,7 +238,7 @@ class _Run:
         stop = self.step >= opts.steps
         stop |= opts.stop_after is not None and self.step - start_step >= opts.stop_after
         stop |= opts.minutes is not None and time.time() - t0 >= opts.minutes * 60
-        return bool(distributed.gather(stop, self.world)[0])
+        return distributed.from_main(stop, self.world)
 
 
 def train(opts: TrainOptions, report: Callable[[Status], None] | None = None,
@@ -301,4 +300,4 @@ def _train(opts: TrainOptions, world: distributed.World, report: Callable[[Statu
         note(f"stopped at step {run.step} after {seconds:.0f} s: train bpd {run.run_bpd:.4f}, val bpd {val_bpd:.4f} "
              f"(EMA), {world.size} rank(s) agree on weights {fingerprint}")
     return Summary(run.step, run.run_bpd, val_bpd, n_params, len(run.train_data.images), len(run.val_data.images),
-                   run.segments, fingerprint, finished=run.step >= opts.steps)
+                   run.model.config, run.segments)
