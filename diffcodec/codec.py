@@ -41,7 +41,7 @@ from .uqdm import (
     top_bits,
 )
 from .schedule import alpha, sigma
-from .zoo import DEFAULT_MODEL, LoadedModel, load_model
+from .zoo import DEFAULT_MODEL, LoadedModel, find_by_hash, load_model
 
 RECONS = ("denoise", "flow", "ancestral")
 MAX_PIXELS = 2**28
@@ -273,6 +273,21 @@ def rung_table(stream: Stream) -> list[Rung]:
     return rows
 
 
+def _stream_model(header: Header, model: str | Path | None, device: str) -> LoadedModel:
+    """`model` if given; else the model named in the header if its weights match, else any installed model with
+    the header's weights (a model retrained under the same name keeps its old files decodable)."""
+    if model is not None:
+        return load_model(model, device)
+    try:
+        named = load_model(header.model_name, device)
+    except ModelError:
+        named = None
+    if named is not None and named.weights_hash == header.weights_hash:
+        return named
+    found = find_by_hash(header.weights_hash)
+    return load_model(found if found is not None else header.model_name, device)
+
+
 def open_stream(data: bytes, model: str | Path | None = None, device: str = "cpu", *,
                 max_pixels: int = MAX_PIXELS) -> tuple[Stream, LoadedModel]:
     """Parse a file and load the model it was coded with (checked by weights hash); refuse a header of more
@@ -284,7 +299,7 @@ def open_stream(data: bytes, model: str | Path | None = None, device: str = "cpu
             f"the header claims a {w} x {h} image ({h * w} pixels), over the decoder's limit of {max_pixels}: "
             "if the file is genuine, raise the limit with --max-pixels (max_pixels= in Python)"
         )
-    loaded = load_model(model if model is not None else stream.header.model_name, device)
+    loaded = _stream_model(stream.header, model, device)
     if loaded.weights_hash != stream.header.weights_hash:
         raise ModelError(
             f"stream was coded with model {stream.header.model_name!r} (weights {stream.header.weights_hash.hex()}), "

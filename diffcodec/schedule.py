@@ -29,6 +29,11 @@ def sigma(gamma: Tensor) -> Tensor:
     return torch.sigmoid(gamma).sqrt()
 
 
-def time_grid(steps: int) -> Tensor:
-    """t_0 = 1 > t_1 > ... > t_T = 0, evenly spaced."""
-    return torch.linspace(1.0, 0.0, steps + 1)
+def time_grid(steps: int, grid_steps: int | None = None) -> Tensor:
+    """t_0 = 1 > t_1 > ... > t_T: the first T + 1 points of the grid of `grid_steps` (default T) equal intervals
+    from 1 to 0, t_i = 1 - i / grid_steps.
+
+    grid_steps = T is DESIGN.md's grid, ending at t_T = 0. grid_steps > T ends the chain early, at a z_T that
+    still holds noise, and p(x | z_T) codes the pixels from there; the times are exactly those of the longer
+    grid, so a network trained on it sees no new gamma."""
+    return torch.linspace(1.0, 0.0, (grid_steps or steps) + 1)[: steps + 1]

@@ -106,6 +106,7 @@ class ModelConfig:
     steps: int = 8
     gamma_min: float = -12.0
     gamma_max: float = 6.0
+    grid_steps: int | None = None  # the grid's intervals from 1 to 0 (default: steps); see schedule.time_grid
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,8 +131,8 @@ class UQDM(nn.Module):
         return self.config.steps
 
     def gammas(self) -> Tensor:
-        """gamma(t_i) for i = 0..T (t_0 = 1, t_T = 0)."""
-        return self.schedule(time_grid(self.steps).to(self.schedule.gamma_min.device))
+        """gamma(t_i) for i = 0..T (t_0 = 1; t_T = 0 unless the grid has more steps than the chain)."""
+        return self.schedule(time_grid(self.steps, self.config.grid_steps).to(self.schedule.gamma_min.device))
 
     def predict(self, z: Tensor, gamma: Tensor) -> tuple[Tensor, Tensor]:
         """(eps_hat, s_hat) for z of any H x W: replicate-pad to the U-Net's multiple, then crop."""

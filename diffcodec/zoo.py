@@ -45,7 +45,7 @@ def resolve(name_or_path: str | Path) -> tuple[str, Path]:
         f = d / str(name_or_path) / WEIGHTS_FILE
         if f.is_file():
             return str(name_or_path), f
-    known = sorted({q.parent.name for d in weights_dirs() if d.is_dir() for q in d.glob(f"*/{WEIGHTS_FILE}")})
+    known = sorted({q.parent.name for q in installed()})
     choices = f"one of {', '.join(known)}" if known else "no named models are installed"
     raise ModelError(f"model {str(name_or_path)!r} not found: pass a model file or folder ({choices})")
 
@@ -53,6 +53,17 @@ def resolve(name_or_path: str | Path) -> tuple[str, Path]:
 def weights_hash(path: Path) -> bytes:
     """The first 8 bytes of the sha256 of the weights file."""
     return hashlib.sha256(path.read_bytes()).digest()[:8]
+
+
+def installed() -> list[Path]:
+    """Every installed model file (NAME/model.pt under the weights folders), in search order."""
+    return [f for d in weights_dirs() if d.is_dir() for f in sorted(d.glob(f"*/{WEIGHTS_FILE}"))]
+
+
+def find_by_hash(weights: bytes) -> Path | None:
+    """The installed model file whose weights hash is `weights` (a file names its model AND its weights:
+    when a model is retrained under the same name, files made with the old weights still find them)."""
+    return next((f for f in installed() if weights_hash(f) == weights), None)
 
 
 def load_file(path: Path, device: str | torch.device = "cpu") -> UQDM:

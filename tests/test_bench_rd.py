@@ -8,6 +8,7 @@ import dataclasses
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -115,10 +116,32 @@ def test_rerun_resumes_from_the_cache(rdbench, bench_run, crops: Path, tiny_mode
     def measure_again(*args: object) -> None:
         raise AssertionError("a cached image was measured again")
 
-    monkeypatch.setattr(rdbench.run, "measure_image", measure_again)
+    monkeypatch.setattr(rdbench.run, "measure_diffcodec", measure_again)
+    monkeypatch.setattr(rdbench.run, "measure_baselines", measure_again)
     (out / "results.json").unlink()
     again = rdbench.run.run(crops, out, model=str(tiny_model), seed=3, log=lambda _: None)
     assert again["images"] == results["images"]
+
+
+def test_another_model_measures_only_diffcodec(rdbench, bench_run, crops: Path, other_model: Path,
+                                               monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The baselines' cache does not depend on the model: a new model re-measures diffcodec and nothing else."""
+    out, results = bench_run
+    shutil.copytree(out / "cache", tmp_path / "cache")
+
+    def measure_again(*args: object) -> None:
+        raise AssertionError("the baselines were measured again")
+
+    monkeypatch.setattr(rdbench.run, "measure_baselines", measure_again)
+    other = rdbench.run.run(crops, tmp_path, model=str(other_model), seed=3, log=lambda _: None)
+    assert other["meta"]["weights_hash"] != results["meta"]["weights_hash"]
+    for a, b in zip(other["images"], results["images"]):
+        theirs = [p for p in a["points"] if not p["codec"].startswith("diffcodec")]
+        assert theirs == [p for p in b["points"] if not p["codec"].startswith("diffcodec")]
+    for image in ("a", "b"):  # diffcodec was coded again, with the other model's weights in the header
+        assert (tmp_path / "cache" / f"{image}.dcz").read_bytes() != (out / "cache" / f"{image}.dcz").read_bytes()
+        entry = json.loads((tmp_path / "cache" / f"{image}.diffcodec.json").read_text())
+        assert entry["key"]["weights_hash"] == other["meta"]["weights_hash"]
 
 
 def test_j2k_layer_prefix_decodes_as_those_layers(rdbench) -> None:

@@ -337,3 +337,18 @@ def test_default_model_round_trip_compresses() -> None:
     assert np.array_equal(diffcodec.decode(data), rgb_pixels(KODIM01))
     bits_per_subpixel = 8 * len(data) / (64 * 64 * 3)
     assert bits_per_subpixel < 8, bits_per_subpixel
+
+
+def test_decoder_finds_the_weights_under_another_name(models_dir: Path, other_model: Path, stream20: bytes,
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model retrained under the same name: the file's weights are found under the name they were moved to."""
+    weights = tmp_path / "weights"
+    (weights / TINY_NAME).mkdir(parents=True)
+    (weights / TINY_NAME / "model.pt").write_bytes(other_model.read_bytes())  # the name now holds other weights
+    (weights / "old").mkdir()
+    (weights / "old" / "model.pt").write_bytes((models_dir / TINY_NAME / "model.pt").read_bytes())
+    monkeypatch.setenv("DIFFCODEC_WEIGHTS", str(weights))
+    assert np.array_equal(diffcodec.decode(stream20), rgb_pixels(KODIM20))
+    (weights / "old" / "model.pt").unlink()  # nowhere to be found: refused, naming both weights
+    with pytest.raises(ModelError, match="--model"):
+        diffcodec.decode(stream20)

@@ -135,3 +135,14 @@ def test_two_processes_agree(photos: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, ["train", str(photos), "--out", str(out), "--steps", "6", "--resume", "--val", str(photos),
                             *QUICK])
     assert r.exit_code == 1 and "written by 2 processes" in r.output
+
+
+def test_fixed_gamma_keeps_the_grid(photos: Path, tmp_path: Path, tiny_model: Path) -> None:
+    """--fixed-gamma fine-tunes the network but leaves gamma_min, hence every gamma of the grid, bit for bit."""
+    train(options(photos, tmp_path / "fixed", init=str(tiny_model), steps=3, fixed_gamma=True))
+    train(options(photos, tmp_path / "free", init=str(tiny_model), steps=3))
+    start = load_file(tiny_model)
+    fixed, free = (states(tmp_path / d)["model"] for d in ("fixed", "free"))
+    assert torch.equal(fixed["schedule.gamma_min"], start.schedule.gamma_min.detach())
+    assert not torch.equal(free["schedule.gamma_min"], start.schedule.gamma_min.detach())
+    assert not torch.equal(fixed["net.stem.weight"], start.net.stem.weight.detach())

@@ -13,7 +13,7 @@ from pathlib import Path
 import imagecodecs
 import PIL
 import torch
-from PIL import features
+from PIL import Image, features
 from tqdm import tqdm
 
 from diffcodec.codec import RECONS, iter_rungs
@@ -22,7 +22,7 @@ from diffcodec.train.data import list_images
 from diffcodec.zoo import load_model
 
 from . import baselines, plots, report
-from .measure import measure_image
+from .measure import measure_baselines, measure_diffcodec
 from .metrics import psnr
 
 SHEET_CROP = 192  # pixels of the contact sheet's centred crop
@@ -58,28 +58,44 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def measure_all(paths: list[Path], cache: Path, model: str, seed: int, key: dict) -> list[dict]:
-    """Each image's result, from the cache where its key matches, measured (and cached) otherwise."""
+def _store(path: Path, key: dict, result: dict) -> dict:
+    _write_atomic(path, json.dumps({"key": key, "result": result}).encode())
+    return result
+
+
+def measure_all(paths: list[Path], cache: Path, model: str, seed: int, keys: dict[str, dict]) -> list[dict]:
+    """Each image's result. Its two parts are cached apart, each under its own key: `keys["diffcodec"]` (model,
+    weights, seed) and `keys["baselines"]` (sweeps, library versions), so a new model re-measures only diffcodec."""
     cache.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     bar = tqdm(paths, unit="image", dynamic_ncols=True)
     fresh_seconds: list[float] = []
     for path in bar:
-        entry = cache / f"{path.stem}.json"
-        result = _cached(entry, key)
-        if result is None:
-            t = time.perf_counter()
+        t = time.perf_counter()
+        original = None
+        status = lambda stage, name=path.name: bar.set_postfix_str(f"{name}: {stage}")  # noqa: E731
+        ours_entry, theirs_entry = cache / f"{path.stem}.diffcodec.json", cache / f"{path.stem}.baselines.json"
+        ours = _cached(ours_entry, keys["diffcodec"])
+        if ours is None:
             original = load_image(path).pixels
-            data, result = measure_image(path, original, model, seed,
-                                         lambda stage, name=path.name: bar.set_postfix_str(f"{name}: {stage}"))
+            data, ours = measure_diffcodec(path, original, model, seed, status)
             _write_atomic(cache / f"{path.stem}.dcz", data)
-            _write_atomic(entry, json.dumps({"key": key, "result": result}).encode())
+            _store(ours_entry, keys["diffcodec"], ours)
+        theirs = _cached(theirs_entry, keys["baselines"])
+        if theirs is None:
+            original = load_image(path).pixels if original is None else original
+            theirs = _store(theirs_entry, keys["baselines"], measure_baselines(original, status))
+        if original is not None:
             fresh_seconds.append(time.perf_counter() - t)
             if len(fresh_seconds) == 1:
                 left = len(paths) - len(results) - 1
                 bar.write(f"{path.name}: {fresh_seconds[0]:.0f} s; the {left} images left take about "
                           f"{left * fresh_seconds[0] / 60:.0f} min more")
-        results.append(result)
+        with Image.open(path) as im:
+            w, h = im.size
+        results.append({"image": path.name, "width": w, "height": h, "seed": seed,
+                         "points": ours["points"] + theirs["points"],
+                         "seconds": {"diffcodec": ours["seconds"], "baselines": theirs["seconds"]}})
     return results
 
 
@@ -106,14 +122,14 @@ def run(folder: Path, out: Path, model: str = "default", seed: int = 0, limit: i
     """Run the benchmark and write results.json, results.csv, rd_psnr.png, rd_msssim.png, contact_sheet.png."""
     paths = list_images(folder)[: limit or None]
     loaded = load_model(model)
-    key = {"model": loaded.name, "weights_hash": loaded.weights_hash.hex(), "seed": seed, "sweeps": sweeps(),
-           "versions": library_versions()}
-    images = measure_all(paths, out / "cache", model, seed, key)
+    keys = {"diffcodec": {"model": loaded.name, "weights_hash": loaded.weights_hash.hex(), "seed": seed},
+            "baselines": {"sweeps": sweeps(), "versions": library_versions()}}
+    images = measure_all(paths, out / "cache", model, seed, keys)
     summary = report.summarize(images)
     meta = {"folder": folder.name, "images": len(images), "model": loaded.name,
             "weights_hash": loaded.weights_hash.hex(), "seed": seed, "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
-            "versions": key["versions"], "sweeps": key["sweeps"],
+            **keys["baselines"],
             "seconds_per_image": {k: sum(im["seconds"][k] for im in images) / len(images) for k in images[0]["seconds"]}}
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "results.json", meta, summary, images)

@@ -35,6 +35,9 @@ def train_command(
     ema: float = typer.Option(0.999, "--ema", min=0.0, max=1.0, help="EMA decay of the exported weights"),
     gamma_min: Optional[float] = typer.Option(None, "--gamma-min", help="initial gamma(0) of a new model "
                                               "(default: the config's)"),
+    fixed_gamma: bool = typer.Option(False, "--fixed-gamma", help="keep gamma_min (and so every gamma of the grid) "
+                                     "as it is: for fine-tuning with --init, since the network knows only the "
+                                     "gammas it was trained on"),
     val: Optional[Path] = typer.Option(None, "--val", help="validation folder (default: 1 in 25 photos of DATA)"),
     eval_every: int = typer.Option(1000, "--eval-every", min=0, help="steps between validation NELBOs (0: only at "
                                    "the end)"),
@@ -62,7 +65,7 @@ def train_command(
     if threads:
         torch.set_num_threads(threads)
     opts = TrainOptions(data=data, out=out, config=config, steps=steps, batch=batch, crop=crop, lr=lr, warmup=warmup,
-                        ema=ema, gamma_min=gamma_min, val=val, eval_every=eval_every, eval_batches=eval_batches, save_every=save_every,
+                        ema=ema, gamma_min=gamma_min, fixed_gamma=fixed_gamma, val=val, eval_every=eval_every, eval_batches=eval_batches, save_every=save_every,
                         log_every=log_every, minutes=minutes, stop_after=stop_after, resume=resume, init=init,
                         seed=seed, device=device, force=force)
     main = int(os.environ.get("RANK", "0")) == 0

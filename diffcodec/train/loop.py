@@ -43,6 +43,7 @@ class TrainOptions:
     ema: float = 0.999
     weight_decay: float = 1e-4
     gamma_min: float | None = None  # initial gamma(0) of a new model (default: the config's)
+    fixed_gamma: bool = False  # keep gamma_min as it is (fine-tuning a network that knows only its trained gammas)
     val: Path | None = None  # validation folder (default: 1 in 25 photos of DATA, by name hash)
     eval_every: int = 1000
     eval_batches: int = 8
@@ -157,7 +158,9 @@ class _Run:
             self.model.load_state_dict(init.state_dict())
         distributed.broadcast_parameters(self.model, world)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+        self.model.schedule.requires_grad_(not opts.fixed_gamma)
+        learned = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(learned, lr=opts.lr, weight_decay=opts.weight_decay)
         # Each rank its own crops and noise; both streams are saved for an exact resume.
         self.rng = np.random.default_rng([opts.seed, world.rank])
         self.gen = torch.Generator(device=world.device).manual_seed(opts.seed * 1_000_003 + world.rank)
