@@ -121,14 +121,14 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
 class _Ladder:
     """The shared walk of encoder and decoder down t_0 = 1 > ... > t_T = 0."""
 
-    def __init__(self, loaded: LoadedModel, seed: int, height: int, width: int, timer: Timer,
+    def __init__(self, loaded: LoadedModel, steps: int, seed: int, height: int, width: int, timer: Timer,
                  progress: Progress | None) -> None:
         self.model: UQDM = loaded.model
         self.device = next(self.model.parameters()).device
         self.seed, self.timer, self.progress = seed, timer, progress
         self.shape = (1, 3, height, width)
-        self.T = self.model.steps
-        self.gammas = self.model.gammas().detach()
+        self.T = steps  # the first T steps of the model's grid, then p(x | z_T)
+        self.gammas = self.model.gammas(steps).detach()
         self.i = 0
         self.z = rng.normal(seed, rng.TOP_NOISE, 0, self.shape, self.device)  # z_1 ~ N(0, I) from the seed
         self._predict()
@@ -196,8 +196,12 @@ def _pixels_tensor(src: SourceImage, device: torch.device) -> torch.Tensor:
 def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Path = DEFAULT_MODEL,
                   seed: int | None = None, device: str = "cpu", progress: Progress | None = None,
                   coder: str = "uq", rec_steps: int | None = None, posterior: str = "uniform",
-                  rec_bits: int = TARGET_BITS) -> EncodeResult:
+                  rec_bits: int = TARGET_BITS, steps: int | None = None) -> EncodeResult:
     """Encode an image into a diffcodec file and report every rung's bytes, bits, KL and PSNR (denoise).
+
+    steps: code the first T of the model's steps, then the pixels under p(x | z_T) (default: the model's
+    `default_steps`); the file holds T + 1 chunks. Fewer steps drop the top lossy rungs and can make the lossless
+    rung smaller (late steps at high SNR cost more bits than they save: see weights/default/README.md).
 
     coder: "uq" (universal quantization), "rec" (shared-seed REC for every step) or "hybrid" (REC for the first
     `rec_steps` steps, default T // 2, then UQ); REC sends the `posterior` family ("uniform" or "gaussian") in
@@ -206,13 +210,16 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
     t_start = time.perf_counter()
     src = load_image(image)
     loaded = load_model(model, device)
-    coders = step_coders(loaded.model.steps, coder, rec_steps, posterior, rec_bits)
+    T = loaded.default_steps if steps is None else steps
+    if not (isinstance(T, int) and 1 <= T <= loaded.model.steps):
+        raise BadInputError(f"steps must be in [1, {loaded.model.steps}] for model {loaded.name!r}, got {T!r}")
+    coders = step_coders(T, coder, rec_steps, posterior, rec_bits)
     seed = secrets.randbits(63) if seed is None else int(seed)
     h, w = src.pixels.shape[:2]
     # validates every field before any work; the rung-0 check is known once the ladder has started
-    header = Header(loaded.name, loaded.weights_hash, h, w, src.mode, src.palette, seed, loaded.model.steps, 0)
+    header = Header(loaded.name, loaded.weights_hash, h, w, src.mode, src.palette, seed, T, 0)
     timer = Timer()
-    ladder = _Ladder(loaded, seed, h, w, timer, progress)
+    ladder = _Ladder(loaded, T, seed, h, w, timer, progress)
     pixels = _pixels_tensor(src, ladder.device)
     x = to_unit(pixels)
     shown = ladder.reconstruct("denoise")
@@ -247,10 +254,11 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
 
 def encode(image: str | Path | Image.Image | np.ndarray, model: str | Path = DEFAULT_MODEL,
            seed: int | None = None, device: str = "cpu", progress: Progress | None = None,
-           coder: str = "uq", rec_steps: int | None = None, posterior: str = "uniform") -> bytes:
+           coder: str = "uq", rec_steps: int | None = None, posterior: str = "uniform",
+           steps: int | None = None) -> bytes:
     """Encode an image (path, PIL image or uint8 array) into the bytes of a diffcodec file
-    (coder, rec_steps and posterior as in `encode_report`)."""
-    return encode_report(image, model, seed, device, progress, coder, rec_steps, posterior).data
+    (coder, rec_steps, posterior and steps as in `encode_report`)."""
+    return encode_report(image, model, seed, device, progress, coder, rec_steps, posterior, steps=steps).data
 
 
 def _verify(k: int, pixels: np.ndarray, expected: int) -> None:
@@ -305,7 +313,7 @@ def open_stream(data: bytes, model: str | Path | None = None, device: str = "cpu
             f"stream was coded with model {stream.header.model_name!r} (weights {stream.header.weights_hash.hex()}), "
             f"but {loaded.path} has weights {loaded.weights_hash.hex()}: pass the matching model with --model"
         )
-    if stream.header.steps != loaded.model.steps:
+    if stream.header.steps > loaded.model.steps:
         raise BitstreamError(
             f"corrupt header: it claims {stream.header.steps} steps, but its model {stream.header.model_name!r} "
             f"has {loaded.model.steps}"
@@ -332,7 +340,7 @@ def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, mod
     if not 0 <= last <= len(stream.chunks):
         raise BadInputError(f"rung {last} is not in this file: it holds rungs 0 to {len(stream.chunks)}")
     h, w = stream.header.height, stream.header.width
-    ladder = _Ladder(loaded, stream.header.seed, h, w, timer or Timer(), progress)
+    ladder = _Ladder(loaded, stream.header.steps, stream.header.seed, h, w, timer or Timer(), progress)
     checks = [stream.header.check] + [chunk.check for chunk in stream.chunks]
 
     def shown(k: int) -> np.ndarray | None:

@@ -35,5 +35,5 @@ def time_grid(steps: int, grid_steps: int | None = None) -> Tensor:
 
     grid_steps = T is DESIGN.md's grid, ending at t_T = 0. grid_steps > T ends the chain early, at a z_T that
     still holds noise, and p(x | z_T) codes the pixels from there; the times are exactly those of the longer
-    grid, so a network trained on it sees no new gamma."""
+    grid, so a network trained on it sees no new gamma (it knows only the gammas it was trained on)."""
     return torch.linspace(1.0, 0.0, (grid_steps or steps) + 1)[: steps + 1]

@@ -106,7 +106,6 @@ class ModelConfig:
     steps: int = 8
     gamma_min: float = -12.0
     gamma_max: float = 6.0
-    grid_steps: int | None = None  # the grid's intervals from 1 to 0 (default: steps); see schedule.time_grid
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,9 +129,10 @@ class UQDM(nn.Module):
     def steps(self) -> int:
         return self.config.steps
 
-    def gammas(self) -> Tensor:
-        """gamma(t_i) for i = 0..T (t_0 = 1; t_T = 0 unless the grid has more steps than the chain)."""
-        return self.schedule(time_grid(self.steps, self.config.grid_steps).to(self.schedule.gamma_min.device))
+    def gammas(self, steps: int | None = None) -> Tensor:
+        """gamma(t_i) for i = 0..T: the first T + 1 times (default: all) of the model's grid of `self.steps` steps
+        (t_0 = 1; t_T = 0 when T = self.steps, else the chain ends early and p(x | z_T) codes the pixels)."""
+        return self.schedule(time_grid(steps or self.steps, self.steps).to(self.schedule.gamma_min.device))
 
     def predict(self, z: Tensor, gamma: Tensor) -> tuple[Tensor, Tensor]:
         """(eps_hat, s_hat) for z of any H x W: replicate-pad to the U-Net's multiple, then crop."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from .uqdm import UQDM, ModelConfig
 
 DEFAULT_MODEL = "default"
 WEIGHTS_FILE = "model.pt"
+CODEC_FILE = "codec.json"  # beside a model file: the encoder's defaults for it, e.g. {"steps": 6}
 
 
 def weights_dirs() -> list[Path]:
@@ -31,6 +33,7 @@ class LoadedModel:
     weights_hash: bytes
     path: Path
     model: UQDM
+    default_steps: int  # how many of the model's steps a file codes unless told (codec.json, else all)
 
 
 def resolve(name_or_path: str | Path) -> tuple[str, Path]:
@@ -78,15 +81,31 @@ def load_file(path: Path, device: str | torch.device = "cpu") -> UQDM:
     return model.to(device).eval().requires_grad_(False)
 
 
+def default_steps(path: Path, model: UQDM) -> int:
+    """The encoder's step count for a model: `steps` of the codec.json beside its file, else all its steps.
+    (A file records its step count, so this default never changes how a file decodes.)"""
+    sidecar = path.parent / CODEC_FILE
+    if not sidecar.is_file():
+        return model.steps
+    try:
+        steps = json.loads(sidecar.read_text())["steps"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{sidecar}: not a codec file with a 'steps' entry ({type(e).__name__}: {e})") from None
+    if not isinstance(steps, int) or not 1 <= steps <= model.steps:
+        raise ModelError(f"{sidecar}: steps must be an integer in [1, {model.steps}], got {steps!r}")
+    return steps
+
+
 @lru_cache(maxsize=4)
 def _load_cached(path: str, mtime: float, device: str) -> LoadedModel:
     p = Path(path)
     name = p.parent.name if p.name == WEIGHTS_FILE else p.stem
-    return LoadedModel(name, weights_hash(p), p, load_file(p, device))
+    model = load_file(p, device)
+    return LoadedModel(name, weights_hash(p), p, model, default_steps(p, model))
 
 
 def load_model(name_or_path: str | Path = DEFAULT_MODEL, device: str = "cpu") -> LoadedModel:
     """Load (and cache) a model by zoo name or path."""
     name, path = resolve(name_or_path)
     loaded = _load_cached(str(path.resolve()), path.stat().st_mtime, device)
-    return LoadedModel(name, loaded.weights_hash, loaded.path, loaded.model)
+    return replace(loaded, name=name)

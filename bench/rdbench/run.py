@@ -122,12 +122,13 @@ def run(folder: Path, out: Path, model: str = "default", seed: int = 0, limit: i
     """Run the benchmark and write results.json, results.csv, rd_psnr.png, rd_msssim.png, contact_sheet.png."""
     paths = list_images(folder)[: limit or None]
     loaded = load_model(model)
-    keys = {"diffcodec": {"model": loaded.name, "weights_hash": loaded.weights_hash.hex(), "seed": seed},
+    keys = {"diffcodec": {"model": loaded.name, "weights_hash": loaded.weights_hash.hex(), "seed": seed,
+                          "steps": loaded.default_steps},
             "baselines": {"sweeps": sweeps(), "versions": library_versions()}}
     images = measure_all(paths, out / "cache", model, seed, keys)
     summary = report.summarize(images)
     meta = {"folder": folder.name, "images": len(images), "model": loaded.name,
-            "weights_hash": loaded.weights_hash.hex(), "seed": seed, "date": time.strftime("%Y-%m-%d"),
+            "weights_hash": loaded.weights_hash.hex(), "steps": loaded.default_steps, "seed": seed, "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
             **keys["baselines"],
             "seconds_per_image": {k: sum(im["seconds"][k] for im in images) / len(images) for k in images[0]["seconds"]}}
@@ -135,7 +136,7 @@ def run(folder: Path, out: Path, model: str = "default", seed: int = 0, limit: i
     report.write_json(out / "results.json", meta, summary, images)
     report.write_csv(out / "results.csv", summary, images)
     label = f"{folder.name}, mean over {len(images)} image{'s' if len(images) > 1 else ''}"
-    note = f"model {loaded.name} ({loaded.weights_hash.hex()}), seed {seed}, {meta['date']}"
+    note = f"model {loaded.name} ({loaded.weights_hash.hex()}, {loaded.default_steps} steps), seed {seed}, {meta['date']}"
     plots.rd_plot(summary["curves"], "psnr", "PSNR (dB, RGB)", f"Rate-distortion: {label}", note, out / "rd_psnr.png")
     plots.rd_plot(summary["curves"], "msssim_db", "MS-SSIM (dB) = -10 log10(1 - MS-SSIM)",
                   f"Rate-distortion (MS-SSIM): {label}", note, out / "rd_msssim.png")
