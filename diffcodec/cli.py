@@ -193,6 +193,8 @@ def encode(
     posterior: Posterior = typer.Option(Posterior.uniform, "--posterior", help="posterior sent by rec: uniform (the "
                                         "UQDM step) or gaussian (a Gaussian step with the same network)"),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    overlap: bool = typer.Option(False, "--overlap", help="range-code each step on a second thread while the "
+                                 "network runs the next (same file; pays only with a free core or a GPU)"),
 ) -> None:
     """Compress IMAGE into one progressive file; every prefix of whole chunks decodes."""
     target = out or image.with_suffix(".dcz")
@@ -204,7 +206,7 @@ def encode(
     with _progress("encoding", not as_json) as progress:
         result = codec.encode_report(image, model=model, seed=seed, device=codec.resolve_device(device),
                                      progress=progress, coder=coder.value, rec_steps=rec_steps,
-                                     posterior=posterior.value)
+                                     posterior=posterior.value, overlap=overlap)
     _write_atomic(target, lambda p: p.write_bytes(result.data))
     if as_json:
         print(json.dumps({
