@@ -196,6 +196,8 @@ def encode(
                                         "then the pixels: N + 2 rungs (default: the model's choice, 6 of 8 for the "
                                         "default model; 8 adds rungs near 50 and 59 dB but a larger lossless rung)"),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    overlap: bool = typer.Option(False, "--overlap", help="range-code each step on a second thread while the "
+                                 "network runs the next (same file; pays only with a free core or a GPU)"),
 ) -> None:
     """Compress IMAGE into one progressive file; every prefix of whole chunks decodes."""
     target = out or image.with_suffix(".dcz")
@@ -207,7 +209,7 @@ def encode(
     with _progress("encoding", not as_json) as progress:
         result = codec.encode_report(image, model=model, seed=seed, device=codec.resolve_device(device),
                                      progress=progress, coder=coder.value, rec_steps=rec_steps,
-                                     posterior=posterior.value, steps=steps)
+                                     posterior=posterior.value, steps=steps, overlap=overlap)
     _write_atomic(target, lambda p: p.write_bytes(result.data))
     if as_json:
         print(json.dumps({

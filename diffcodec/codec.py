@@ -12,6 +12,8 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,9 +25,9 @@ from . import rng
 from .determinism import one_thread
 from .tiling import predict_tiled
 from .bitstream import CODER_UQ, CODERS, Chunk, Header, Stream, read_stream, rung_check, write_stream
-from .entropy import decode_symbols, encode_symbols
+from .entropy import decode_symbols
 from .rec.coder import TARGET_BITS
-from .steps import StepContext, flat, receiver, step_coders
+from .steps import StepContext, code_symbols, flat, receiver, start, step_coders
 from .errors import BadInputError, BitstreamError, ModelError
 from .image import SourceImage, load_image, to_pil
 from .uqdm import (
@@ -163,9 +165,10 @@ class _Ladder:
         self._predict()
 
     def pixel_model(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """p(x | z_0) as (mean, scale) per sub-pixel in pixel units."""
+        """p(x | z_0) as flat (mean, scale) per sub-pixel in pixel units, on the model's device (the tables are
+        built there)."""
         m, b = pixel_prior(self.z, self.eps_hat, self.s_hat, self.gammas[self.T])
-        return flat(m), flat(b)
+        return m.reshape(-1).float(), b.reshape(-1).float()
 
     def reconstruct(self, recon: str) -> np.ndarray:
         """The image shown at the current step: denoise, flow (DDIM to t = 0) or ancestral sampling."""
@@ -196,7 +199,7 @@ def _pixels_tensor(src: SourceImage, device: torch.device) -> torch.Tensor:
 def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Path = DEFAULT_MODEL,
                   seed: int | None = None, device: str = "cpu", progress: Progress | None = None,
                   coder: str = "uq", rec_steps: int | None = None, posterior: str = "uniform",
-                  rec_bits: int = TARGET_BITS, steps: int | None = None) -> EncodeResult:
+                  rec_bits: int = TARGET_BITS, steps: int | None = None, *, overlap: bool = False) -> EncodeResult:
     """Encode an image into a diffcodec file and report every rung's bytes, bits, KL and PSNR (denoise).
 
     steps: code the first T of the model's steps, then the pixels under p(x | z_T) (default: the model's
@@ -206,6 +209,10 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
     coder: "uq" (universal quantization), "rec" (shared-seed REC for every step) or "hybrid" (REC for the first
     `rec_steps` steps, default T // 2, then UQ); REC sends the `posterior` family ("uniform" or "gaussian") in
     chunks of about `rec_bits` bits. The decoder reads the choice from the file.
+
+    overlap: range-code each UQ step's symbols on a worker thread while this thread runs the next network call
+    (the same bytes; the timings then overlap, so the phases add up to more than "total"). The decoder cannot
+    do this: its next network call needs the decoded symbols.
     """
     t_start = time.perf_counter()
     src = load_image(image)
@@ -219,29 +226,38 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
     # validates every field before any work; the rung-0 check is known once the ladder has started
     header = Header(loaded.name, loaded.weights_hash, h, w, src.mode, src.palette, seed, T, 0)
     timer = Timer()
-    ladder = _Ladder(loaded, T, seed, h, w, timer, progress)
-    pixels = _pixels_tensor(src, ladder.device)
-    x = to_unit(pixels)
-    shown = ladder.reconstruct("denoise")
-    header = replace(header, check=rung_check(shown.tobytes()))
-    chunks, bits, kls, psnrs = [], [], [], [psnr(shown, src.pixels)]
-    for step_coder in coders:
-        sent = step_coder.send(ladder.step_context(), x)
-        bits.append(sent.bits)
-        kls.append(sent.kl_bits)
-        ladder.advance(sent.z_s)
+    # one torch thread for the whole encode, set before the worker starts: its own uses of one_thread are then
+    # no-ops, and no thread restores the count while another computes (determinism.py)
+    with one_thread(), (ThreadPoolExecutor(1) if overlap else nullcontext()) as pool:
+        ladder = _Ladder(loaded, T, seed, h, w, timer, progress)
+        pixels = _pixels_tensor(src, ladder.device)
+        x = to_unit(pixels)
         shown = ladder.reconstruct("denoise")
-        chunks.append(Chunk(step_coder.coder_id, sent.payload, rung_check(shown.tobytes())))
-        psnrs.append(psnr(shown, src.pixels))
-    nelbo = sum(kls)
-    m, b_x = ladder.pixel_model()
-    payload, b = encode_symbols(flat(pixels).long().numpy(), m, b_x, lo=0, hi=255, clock=timer.clock)
-    nelbo += float(pixel_bits(flat(pixels), m, b_x).double().sum())
-    nelbo += float(top_bits(x, ladder.gammas[0]).double().sum())  # not sent: z_1 comes from the seed
-    chunks.append(Chunk(CODER_UQ, payload, rung_check(src.pixels.tobytes())))
-    bits.append(b)
-    psnrs.append(math.inf)
-    data = write_stream(header, chunks)
+        header = replace(header, check=rung_check(shown.tobytes()))
+        coded, checks, kls, psnrs = [], [], [], [psnr(shown, src.pixels)]
+        for step_coder in coders:
+            sent = step_coder.send(ladder.step_context(), x, pool)
+            coded.append(sent.coded)
+            kls.append(sent.kl_bits)
+            ladder.advance(sent.z_s)
+            shown = ladder.reconstruct("denoise")
+            checks.append(rung_check(shown.tobytes()))
+            psnrs.append(psnr(shown, src.pixels))
+        nelbo = sum(kls)
+        m, b_x = ladder.pixel_model()
+        symbols = flat(pixels).long().numpy()
+        coded.append(start(pool, lambda: code_symbols(symbols, m, b_x, lo=0, hi=255)))
+        nelbo += float(pixel_bits(pixels.reshape(-1), m, b_x).double().sum())
+        nelbo += float(top_bits(x, ladder.gammas[0]).double().sum())  # not sent: z_1 comes from the seed
+        checks.append(rung_check(src.pixels.tobytes()))
+        psnrs.append(math.inf)
+        done = [c.result() for c in coded]  # waits for the worker; raises what it raised
+    for c in done:
+        for phase, seconds in c.clock.items():
+            timer.clock[phase] += seconds
+    coder_ids = [c.coder_id for c in coders] + [CODER_UQ]
+    data = write_stream(header, [Chunk(i, c.payload, check) for i, c, check in zip(coder_ids, done, checks)])
+    bits = [c.bits for c in done]
     kls = [None, *kls, None]
     rungs = [
         Rung(r.rung, r.pixels, r.bytes, r.cum_bytes, r.bpp, ideal_bits=bits[r.rung - 1] if r.rung else 0.0,
@@ -255,10 +271,11 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
 def encode(image: str | Path | Image.Image | np.ndarray, model: str | Path = DEFAULT_MODEL,
            seed: int | None = None, device: str = "cpu", progress: Progress | None = None,
            coder: str = "uq", rec_steps: int | None = None, posterior: str = "uniform",
-           steps: int | None = None) -> bytes:
+           steps: int | None = None, *, overlap: bool = False) -> bytes:
     """Encode an image (path, PIL image or uint8 array) into the bytes of a diffcodec file
-    (coder, rec_steps, posterior and steps as in `encode_report`)."""
-    return encode_report(image, model, seed, device, progress, coder, rec_steps, posterior, steps=steps).data
+    (coder, rec_steps, posterior, steps and overlap as in `encode_report`)."""
+    return encode_report(image, model, seed, device, progress, coder, rec_steps, posterior, steps=steps,
+                         overlap=overlap).data
 
 
 def _verify(k: int, pixels: np.ndarray, expected: int) -> None:

@@ -6,6 +6,11 @@ up to ~2e-6 for the default model). Encoder and decoder must compute the same pr
 codec runs the network with one intra-op thread, the only count every machine can reproduce. What is
 left (another CPU family, a GPU, another torch build) is caught by the per-rung reconstruction checks
 of the container (docs/format.md).
+
+Threads: under OpenMP (torch's CPU backend here) the count is per Python thread, and a new thread takes
+the process-wide count when it first runs a torch op. The encoder's coding worker (codec.encode_report,
+overlap=True) is started inside one `one_thread` that spans the whole encode, so it starts at one thread,
+its own `one_thread` uses are no-ops, and nobody restores the count while the other thread computes.
 """
 
 from __future__ import annotations

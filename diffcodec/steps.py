@@ -6,9 +6,12 @@ posterior). codec.py walks the ladder; a step coder only sends or receives one s
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -42,12 +45,36 @@ class StepContext:
         return StepPrior(_flat64(self.mu_p), _flat64(self.sigma_p), self.delta.detach().double().cpu())
 
 
+class Coded(NamedTuple):
+    """A chunk payload as the entropy coder made it."""
+
+    payload: bytes
+    bits: float  # information content of the payload
+    clock: dict[str, float]  # seconds of the coding per phase ("tables", "coder"), for the caller to add up
+
+
+def code_symbols(symbols: np.ndarray, mean: Tensor, scale: Tensor, lo: int | None = None,
+                 hi: int | None = None) -> Coded:
+    """`encode_symbols` with a clock of its own: safe to run on a worker thread while the caller's clock ticks."""
+    clock: dict[str, float] = {}
+    payload, bits = encode_symbols(symbols, mean, scale, lo, hi, clock=clock)
+    return Coded(payload, bits, clock)
+
+
+def start(pool: Executor | None, work: Callable[[], Coded]) -> Future[Coded]:
+    """`work` on the pool's worker, or at once (an already finished future) without a pool."""
+    if pool is not None:
+        return pool.submit(work)
+    done: Future[Coded] = Future()
+    done.set_result(work())
+    return done
+
+
 @dataclass(frozen=True)
 class SentStep:
     """One step as the encoder sent it."""
 
-    payload: bytes
-    bits: float  # information content of the payload
+    coded: Future[Coded]  # the payload: finished, or still being range coded on the encoder's worker thread
     z_s: Tensor  # (1, 3, H, W): the decoder's z_s, bit-identical
     kl_bits: float  # the step's KL(q || p) in bits (for UQ: the Monte-Carlo KL at z_s, which is what UQ spends)
 
@@ -57,8 +84,9 @@ class StepCoder(Protocol):
 
     coder_id: int
 
-    def send(self, ctx: StepContext, x: Tensor) -> SentStep:
-        """Code q(z_s | z_t, x) for data x in [-1, 1] (1, 3, H, W)."""
+    def send(self, ctx: StepContext, x: Tensor, pool: Executor | None = None) -> SentStep:
+        """Code q(z_s | z_t, x) for data x in [-1, 1] (1, 3, H, W); z_s comes back at once, the payload may be
+        coded on `pool`'s worker while the caller runs the next network call."""
         ...
 
     def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
@@ -77,8 +105,9 @@ def _flat64(t: Tensor) -> Tensor:
 
 def step_coding_model(u: Tensor, sigma_p: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
     """P(k | u) = G((k - u + 1/2) delta) - G((k - u - 1/2) delta): a discretized logistic in k
-    of mean u and scale b / delta (b the logistic scale of sigma_p); returns flat (mean, scale)."""
-    return flat(u), flat(logistic_scale(sigma_p) / delta)
+    of mean u and scale b / delta (b the logistic scale of sigma_p); returns flat float32 (mean, scale) on the
+    model's device, where the tables are built (entropy.coder.table_builder)."""
+    return u.reshape(-1).float(), (logistic_scale(sigma_p) / delta).reshape(-1).float()
 
 
 class UQCoder:
@@ -89,19 +118,22 @@ class UQCoder:
     def _dither(self, ctx: StepContext) -> Tensor:
         return rng.dither(ctx.seed, ctx.step, tuple(ctx.z_t.shape), ctx.z_t.device)
 
-    def send(self, ctx: StepContext, x: Tensor) -> SentStep:
+    def send(self, ctx: StepContext, x: Tensor, pool: Executor | None = None) -> SentStep:
+        """k and z_s at once; the range coding of k (which z_s does not depend on) runs on `pool` if given."""
         t = time.perf_counter()
         u = self._dither(ctx)
         mu_q, _ = posterior(ctx.z_t, x, ctx.gamma_t, ctx.gamma_s)
         k = torch.round((mu_q - ctx.mu_p) / ctx.delta + u)  # k = round((mu_q - mu_p) / delta + u)
+        symbols, (mean, scale) = flat(k).long().numpy(), step_coding_model(u, ctx.sigma_p, ctx.delta)
         ctx.clock["tables"] += time.perf_counter() - t
-        payload, bits = encode_symbols(flat(k).long().numpy(), *step_coding_model(u, ctx.sigma_p, ctx.delta),
-                                       clock=ctx.clock)
+        coded = start(pool, lambda: code_symbols(symbols, mean, scale))
         z_s = (k - u) * ctx.delta + ctx.mu_p
         kl = float(step_bits(z_s, ctx.mu_p, ctx.sigma_p, ctx.delta).double().sum())
-        return SentStep(payload, bits, z_s, kl)
+        return SentStep(coded, z_s, kl)
 
     def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
+        """z_s from the payload. No overlap is possible here: the next network call needs this z_s, and z_s needs
+        the decoded symbols."""
         u = self._dither(ctx)
         k = decode_symbols(payload, *step_coding_model(u, ctx.sigma_p, ctx.delta), clock=ctx.clock)
         return (torch.from_numpy(k).to(ctx.z_t.device).reshape(ctx.z_t.shape).float() - u) * ctx.delta + ctx.mu_p
@@ -115,14 +147,15 @@ class RecCoder:
     def __init__(self, family: str = "uniform", target_bits: int = TARGET_BITS) -> None:
         self.family, self.target_bits = family, target_bits
 
-    def send(self, ctx: StepContext, x: Tensor) -> SentStep:
+    def send(self, ctx: StepContext, x: Tensor, pool: Executor | None = None) -> SentStep:
+        """Serial whatever `pool`: the payload is the index of the candidate that is z_s, found by the search."""
         t = time.perf_counter()
         p = ctx.flat_prior()
         mu_q = _flat64(posterior(ctx.z_t, x, ctx.gamma_t, ctx.gamma_s)[0])
         sent = encode_step(self.family, ctx.seed, ctx.step, p, mu_q, self.target_bits, device=ctx.z_t.device)
         z_s = sent.z_s.float().reshape(ctx.z_t.shape).to(ctx.z_t.device)
         ctx.clock["rec"] = ctx.clock.get("rec", 0.0) + time.perf_counter() - t
-        return SentStep(sent.payload, sent.bits, z_s, sent.kl_bits)
+        return SentStep(start(None, lambda: Coded(sent.payload, sent.bits, {})), z_s, sent.kl_bits)
 
     def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
         t = time.perf_counter()

@@ -207,6 +207,11 @@ def test_encode_text_report(tmp_path: Path, tiny_model: Path) -> None:
     assert "inf" in result.stdout.splitlines()[-1]
 
 
+def test_encode_overlap_writes_the_same_file(tmp_path: Path, tiny_model: Path, stream20: bytes) -> None:
+    ok(cli("encode", KODIM20, "-o", tmp_path / "x.dcz", "--model", tiny_model, "--seed", 7, "--overlap"))
+    assert (tmp_path / "x.dcz").read_bytes() == stream20
+
+
 def test_info_json_full_file(stream_file: Path, tiny_model: Path, stream20: bytes) -> None:
     doc = strict_json(ok(cli("info", stream_file, "--json")).stdout)
     stream = read_stream(stream20)

@@ -72,6 +72,17 @@ def test_inputs_as_path_str_pil_and_array_give_the_same_file(tiny_model: Path) -
     assert np.array_equal(diffcodec.decode(files.pop(), model=tiny_model), pixels)
 
 
+@pytest.mark.parametrize("path", [KODIM20, KODIM08, SAMPLE], ids=lambda p: p.stem)
+def test_overlapped_encode_writes_the_serial_bytes(path: Path, tiny_model: Path,
+                                                   encoded: Callable[[Path], bytes]) -> None:
+    report = diffcodec.encode_report(path, model=tiny_model, seed=7, overlap=True)
+    assert report.data == encoded(path)
+    assert report.seconds["tables"] > 0 and report.seconds["coder"] > 0  # the worker's clocks are added up
+    hybrid = diffcodec.encode(path, model=tiny_model, seed=7, coder="hybrid", posterior="gaussian")
+    assert diffcodec.encode(path, model=tiny_model, seed=7, coder="hybrid", posterior="gaussian",
+                            overlap=True) == hybrid  # REC steps stay serial, the UQ steps overlap
+
+
 def test_same_seed_same_bytes_and_random_seed_by_default(tiny_model: Path, stream20: bytes) -> None:
     assert diffcodec.encode(KODIM20, model=tiny_model, seed=7) == stream20
     a = diffcodec.encode(KODIM20, model=tiny_model)

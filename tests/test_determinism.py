@@ -123,3 +123,38 @@ def test_the_codec_leaves_the_callers_thread_count_alone(tiny_model: Path, strea
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="no trained model in weights/default/model.pt")
+def test_overlapped_encode_at_two_threads_writes_the_serial_one_thread_bytes() -> None:
+    """The coding worker and the network share the process's thread count: at 2 caller threads neither may
+    run with 2 (the trained model's convolutions would change) nor leave the caller's count changed."""
+    serial = diffcodec.encode(KODIM01, model="default", seed=5)  # this process: 1 thread
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        overlapped = diffcodec.encode(KODIM01, model="default", seed=5, overlap=True)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert overlapped == serial
+
+
+def test_a_thread_started_inside_one_thread_runs_one_thread() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from diffcodec.determinism import one_thread
+
+    def inside() -> tuple[int, int]:
+        with one_thread():
+            return torch.get_num_threads(), int(torch.ones(4).sum())
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_thread(), ThreadPoolExecutor(1) as pool:
+            assert pool.submit(inside).result() == (1, 4)
+            assert torch.get_num_threads() == 1  # the worker's one_thread left this thread's count alone
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

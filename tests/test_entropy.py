@@ -194,3 +194,13 @@ def test_decoding_with_another_model_raises_bitstream_error() -> None:
     payload, _ = encode_symbols(_draw(rng, mean, scale, 0, 255), mean, scale, 0, 255)
     with pytest.raises(BitstreamError):
         decode_symbols(payload, mean + 7.0, scale * 3.0, 0, 255)
+
+
+def test_tables_are_built_on_the_cpu_unless_the_model_is_on_cuda_with_triton(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from diffcodec.entropy import coder, rate_table
+
+    assert coder.table_builder(torch.device("cpu")) is rate_table
+    monkeypatch.setitem(sys.modules, "diffcodec.entropy.triton_tables", None)  # as without triton: ImportError
+    assert coder.table_builder(torch.device("cuda")) is rate_table

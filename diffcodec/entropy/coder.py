@@ -9,13 +9,15 @@ order (a stable argsort of W_i) and cut into batches of at most TABLE_ENTRIES //
 Per batch the stream holds the batch's table columns (Categorical rows = our integer frequencies),
 then, for each escaped symbol in order, its offset k - base as a 32-bit two's complement integer in
 two Uniform(2**16) symbols (high half first).
+
+Tables are built where the model lives (`table_builder`): by the Triton kernel when mean and scale are on
+CUDA and triton imports, else by the CPU `rate_table`; either way constriction codes on the CPU.
 """
 
 from __future__ import annotations
 
 import time
-
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -24,7 +26,7 @@ from torch import Tensor
 import constriction
 
 from diffcodec.determinism import one_thread
-from diffcodec.entropy.tables import ESCAPE_BITS, WINDOW_SCALES, rate_table, symbol_windows
+from diffcodec.entropy.tables import ESCAPE_BITS, WINDOW_SCALES, RateTable, rate_table, symbol_windows
 from diffcodec.errors import BadInputError, BitstreamError
 
 TABLE_ENTRIES = 1 << 18  # table entries per batch: float64 temporaries of 2 MiB stay in cache
@@ -36,6 +38,29 @@ _OFFSET_MIN, _OFFSET_MAX = -(1 << (ESCAPE_BITS - 1)), (1 << (ESCAPE_BITS - 1)) -
 # exact in float32) give S = 2**24 - m, scale 1, and F_{j+1} - F_j = freq_j: exactly our tables.
 _TABLE_FAMILY = constriction.stream.model.Categorical(perfect=False)
 _HALF_MODEL = constriction.stream.model.Uniform(1 << _HALF_BITS)
+KERNEL_DEVICES = ("cuda",)  # device types whose tables the Triton kernel builds
+TableBuilder = Callable[..., RateTable]  # rate_table's signature: (mean, scale, window, lo, hi, symbols=None)
+
+
+def table_builder(device: torch.device) -> TableBuilder:
+    """How tables of a model on `device` are built: by `rate_table_triton` on that device when it is CUDA and
+    triton imports (the table then moves to the CPU for constriction), else by the CPU `rate_table`.
+
+    Encoder and decoder decide alike from the model's device; the kernel's exp is the device's, so a file
+    coded with CUDA tables needs CUDA tables to decode (the network ties it to CUDA anyway).
+    """
+    if device.type not in KERNEL_DEVICES:
+        return rate_table
+    try:
+        from diffcodec.entropy.triton_tables import rate_table_triton
+    except ImportError:
+        return rate_table
+    return lambda *args: _on_cpu(rate_table_triton(*args))
+
+
+def _on_cpu(table: RateTable) -> RateTable:
+    columns = None if table.columns is None else table.columns.cpu()
+    return RateTable(table.base.cpu(), table.rows.cpu(), columns, table.escapes, table.bits)
 
 
 @one_thread()  # like the network: immune to oversubscribed cores, and the tables never depend on the split
@@ -71,9 +96,11 @@ def encode_symbols(
     bits = 0.0
     ticks = _Ticks(clock)
     plan = _Plan(scale_t, WINDOW_SCALES, lo, hi)
-    mean_s, scale_s, symbols_s = plan.sort(mean_t), plan.sort(scale_t), plan.sort(symbols_t)
+    device = _device(mean)
+    build = table_builder(device)
+    mean_s, scale_s, symbols_s = plan.sort(mean_t).to(device), plan.sort(scale_t).to(device), plan.sort(symbols_t)
     for rows, window in plan.batches():
-        table = rate_table(mean_s[rows], scale_s[rows], window, lo, hi, symbols_s[rows])
+        table = build(mean_s[rows], scale_s[rows], window, lo, hi, symbols_s[rows].to(device))
         bits += table.bits
         ticks.lap("tables")
         encoder.encode(_int32(table.columns), _TABLE_FAMILY, table.rows.numpy())
@@ -110,9 +137,11 @@ def decode_symbols(
     symbols = torch.zeros(mean_t.shape[0], dtype=torch.int64)
     ticks = _Ticks(clock)
     plan = _Plan(scale_t, window_scales, lo, hi)
-    mean_s, scale_s = plan.sort(mean_t), plan.sort(scale_t)
+    device = _device(mean)
+    build = table_builder(device)
+    mean_s, scale_s = plan.sort(mean_t).to(device), plan.sort(scale_t).to(device)
     for rows, window in plan.batches():
-        table = rate_table(mean_s[rows], scale_s[rows], window, lo, hi)
+        table = build(mean_s[rows], scale_s[rows], window, lo, hi)
         ticks.lap("tables")
         columns = torch.from_numpy(_decode(decoder, _TABLE_FAMILY, table.rows.numpy()).astype(np.int64))
         batch = table.base + columns - window
@@ -164,6 +193,11 @@ class _Plan:
             for first in range(start, start + count, rows):
                 yield slice(first, min(first + rows, start + count)), window
             start += count
+
+
+def _device(values: Tensor | np.ndarray) -> torch.device:
+    """The device of the model's arrays (numpy arrays live on the CPU)."""
+    return values.device if isinstance(values, Tensor) else torch.device("cpu")
 
 
 def _int32(values: Tensor) -> np.ndarray:
