@@ -121,7 +121,7 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 class _Ladder:
-    """The shared walk of encoder and decoder down t_0 = 1 > ... > t_T = 0."""
+    """The shared walk of encoder and decoder down t_0 = 1 > ... > t_T (the first T times of the model's grid)."""
 
     def __init__(self, loaded: LoadedModel, steps: int, seed: int, height: int, width: int, timer: Timer,
                  progress: Progress | None) -> None:
@@ -165,7 +165,7 @@ class _Ladder:
         self._predict()
 
     def pixel_model(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """p(x | z_0) as flat (mean, scale) per sub-pixel in pixel units, on the model's device (the tables are
+        """p(x | z_T) as flat (mean, scale) per sub-pixel in pixel units, on the model's device (the tables are
         built there)."""
         m, b = pixel_prior(self.z, self.eps_hat, self.s_hat, self.gammas[self.T])
         return m.reshape(-1).float(), b.reshape(-1).float()

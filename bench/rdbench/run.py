@@ -65,7 +65,7 @@ def _store(path: Path, key: dict, result: dict) -> dict:
 
 def measure_all(paths: list[Path], cache: Path, model: str, seed: int, keys: dict[str, dict]) -> list[dict]:
     """Each image's result. Its two parts are cached apart, each under its own key: `keys["diffcodec"]` (model,
-    weights, seed) and `keys["baselines"]` (sweeps, library versions), so a new model re-measures only diffcodec."""
+    weights, steps, seed) and `keys["baselines"]` (sweeps, library versions), so a new model re-measures only diffcodec."""
     cache.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     bar = tqdm(paths, unit="image", dynamic_ncols=True)
@@ -128,7 +128,8 @@ def run(folder: Path, out: Path, model: str = "default", seed: int = 0, limit: i
     images = measure_all(paths, out / "cache", model, seed, keys)
     summary = report.summarize(images)
     meta = {"folder": folder.name, "images": len(images), "model": loaded.name,
-            "weights_hash": loaded.weights_hash.hex(), "steps": loaded.default_steps, "seed": seed, "date": time.strftime("%Y-%m-%d"),
+            "weights_hash": loaded.weights_hash.hex(), "steps": loaded.default_steps, "seed": seed,
+            "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
             **keys["baselines"],
             "seconds_per_image": {k: sum(im["seconds"][k] for im in images) / len(images) for k in images[0]["seconds"]}}
