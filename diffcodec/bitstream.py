@@ -28,6 +28,7 @@ from diffcodec.errors import BadInputError, BitstreamError
 
 __all__ = [
     "CHUNK_FRAME_SIZE",
+    "CODER_CONTEXT",
     "CODER_REC",
     "CODER_UQ",
     "CODERS",
@@ -52,7 +53,8 @@ FORMAT_VERSION = 2
 
 CODER_UQ = 1
 CODER_REC = 2
-CODERS: dict[int, str] = {CODER_UQ: "uq", CODER_REC: "rec"}
+CODER_CONTEXT = 3
+CODERS: dict[int, str] = {CODER_UQ: "uq", CODER_REC: "rec", CODER_CONTEXT: "context"}
 """Chunk coder ids -> names. Ids are stable and never reused; new coders get new ids."""
 
 MODES: dict[str, int] = {"RGB": 1, "L": 2, "P": 3, "1": 4}

@@ -28,7 +28,7 @@ from . import codec
 from .bitstream import CODERS, read_stream
 from .errors import BadInputError, DiffcodecError
 from .image import to_pil
-from .train.command import train_command
+from .train.command import train_command, train_context_command
 from .zoo import DEFAULT_MODEL
 
 app = typer.Typer(
@@ -198,6 +198,9 @@ def encode(
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     overlap: bool = typer.Option(False, "--overlap", help="range-code each step on a second thread while the "
                                  "network runs the next (same file; pays only with a free core or a GPU)"),
+    context: bool = typer.Option(True, "--context/--no-context", help="code the lossless chunk with the model's "
+                                 "pixel context network when it has one for these steps (a smaller lossless rung; "
+                                 "4 more passes of a small network); --no-context codes it factorised"),
 ) -> None:
     """Compress IMAGE into one progressive file; every prefix of whole chunks decodes."""
     target = out or image.with_suffix(".dcz")
@@ -209,7 +212,7 @@ def encode(
     with _progress("encoding", not as_json) as progress:
         result = codec.encode_report(image, model=model, seed=seed, device=codec.resolve_device(device),
                                      progress=progress, coder=coder.value, rec_steps=rec_steps,
-                                     posterior=posterior.value, steps=steps, overlap=overlap)
+                                     posterior=posterior.value, steps=steps, overlap=overlap, context=context)
     _write_atomic(target, lambda p: p.write_bytes(result.data))
     if as_json:
         print(json.dumps({
@@ -304,6 +307,7 @@ def info(
 
 
 app.command("train")(_one_line_errors(train_command))
+app.command("train-context")(_one_line_errors(train_context_command))
 
 
 def main() -> None:

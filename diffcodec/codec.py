@@ -3,7 +3,8 @@
 Encoder and decoder walk the same ladder (`_Ladder`): at step i both run the network on z_{t_i} and form
 the prior p(z_{t_{i+1}} | z_{t_i}); the step's coder (steps.py: universal quantization, DESIGN.md section 2, or
 shared-seed REC, chosen per step and recorded per chunk) sends q(z_s | z_t, x) and both sides set the same z_s.
-The last chunk codes the pixels under p(x | z_0) by UQ: the last rung is exact.
+The last chunk codes the pixels under p(x | z_T): factorised, or in four checkerboard groups under the model's pixel
+context network (context.py) when it has one for T steps. Either way the last rung is exact.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from PIL import Image
 from . import rng
 from .determinism import one_thread
 from .tiling import predict_tiled
-from .bitstream import CODER_UQ, CODERS, Chunk, Header, Stream, read_stream, rung_check, write_stream
+from .bitstream import CODER_CONTEXT, CODER_UQ, CODERS, Chunk, Header, Stream, read_stream, rung_check, write_stream
+from .context import CONTEXT_FILE, GROUPS, HASH_SIZE, ChainEnd, PixelContext, decode_pixels, encode_pixels
 from .entropy import decode_symbols
 from .rec.coder import TARGET_BITS
-from .steps import StepContext, code_symbols, flat, receiver, start, step_coders
+from .steps import Coded, StepContext, code_symbols, flat, receiver, start, step_coders
 from .errors import BadInputError, BitstreamError, ModelError
 from .image import SourceImage, load_image, to_pil
 from .uqdm import (
@@ -124,10 +126,11 @@ class _Ladder:
     """The shared walk of encoder and decoder down t_0 = 1 > ... > t_T (the first T times of the model's grid)."""
 
     def __init__(self, loaded: LoadedModel, steps: int, seed: int, height: int, width: int, timer: Timer,
-                 progress: Progress | None) -> None:
+                 progress: Progress | None, extra_calls: int = 0) -> None:
         self.model: UQDM = loaded.model
         self.device = next(self.model.parameters()).device
         self.seed, self.timer, self.progress = seed, timer, progress
+        self.calls, self.total_calls = 0, steps + 1 + extra_calls  # network calls, for the progress callback
         self.shape = (1, 3, height, width)
         self.T = steps  # the first T steps of the model's grid, then p(x | z_T)
         self.gammas = self.model.gammas(steps).detach()
@@ -144,8 +147,13 @@ class _Ladder:
         t = time.perf_counter()
         self.eps_hat, self.s_hat = self._net(self.z, self.gammas[self.i])
         self.timer.network += time.perf_counter() - t
+        self.tick()
+
+    def tick(self) -> None:
+        """One more network call done (the U-Net's, or a pass of the pixel context network)."""
+        self.calls += 1
         if self.progress:
-            self.progress(self.i + 1, self.T + 1)
+            self.progress(self.calls, self.total_calls)
 
     def denoised(self) -> torch.Tensor:
         """x_hat = (z - sigma eps_hat) / alpha at the current step."""
@@ -169,6 +177,27 @@ class _Ladder:
         built there)."""
         m, b = pixel_prior(self.z, self.eps_hat, self.s_hat, self.gammas[self.T])
         return m.reshape(-1).float(), b.reshape(-1).float()
+
+    def chain_end(self) -> ChainEnd:
+        """What the pixel context network starts from at z_T."""
+        m, b = pixel_prior(self.z, self.eps_hat, self.s_hat, self.gammas[self.T])
+        return ChainEnd(self.z, self.denoised().clamp(-1, 1), self.s_hat, m, b)
+
+    def encode_pixels(self, pixels: torch.Tensor, context: PixelContext) -> tuple[Coded, float]:
+        """context.encode_pixels at z_T, timed (the context network's time counts as network time)."""
+        t = time.perf_counter()
+        with torch.no_grad(), one_thread():
+            coded, nelbo = encode_pixels(context, self.chain_end(), pixels, self.tick)
+        self.timer.network += time.perf_counter() - t - sum(coded.clock.values())
+        return coded, nelbo
+
+    def decode_pixels(self, payload: bytes, context: PixelContext) -> np.ndarray:
+        """context.decode_pixels at z_T, timed like `encode_pixels`."""
+        t, before = time.perf_counter(), sum(self.timer.clock.values())
+        with torch.no_grad(), one_thread():
+            pixels = decode_pixels(context, self.chain_end(), payload, self.timer.clock, self.tick)
+        self.timer.network += time.perf_counter() - t - (sum(self.timer.clock.values()) - before)
+        return pixels
 
     def reconstruct(self, recon: str) -> np.ndarray:
         """The image shown at the current step: denoise, flow (DDIM to t = 0) or ancestral sampling."""
@@ -199,7 +228,8 @@ def _pixels_tensor(src: SourceImage, device: torch.device) -> torch.Tensor:
 def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Path = DEFAULT_MODEL,
                   seed: int | None = None, device: str = "cpu", progress: Progress | None = None,
                   coder: str = "uq", rec_steps: int | None = None, posterior: str = "uniform",
-                  rec_bits: int = TARGET_BITS, steps: int | None = None, *, overlap: bool = False) -> EncodeResult:
+                  rec_bits: int = TARGET_BITS, steps: int | None = None, *, overlap: bool = False,
+                  context: bool = True) -> EncodeResult:
     """Encode an image into a diffcodec file and report every rung's bytes, bits, KL and PSNR (denoise).
 
     steps: code the first T of the model's steps, then the pixels under p(x | z_T) (default: the model's
@@ -209,6 +239,10 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
     coder: "uq" (universal quantization), "rec" (shared-seed REC for every step) or "hybrid" (REC for the first
     `rec_steps` steps, default T // 2, then UQ); REC sends the `posterior` family ("uniform" or "gaussian") in
     chunks of about `rec_bits` bits. The decoder reads the choice from the file.
+
+    context: code the pixels with the model's pixel context network (context.pt) when it has one for T steps
+    (four checkerboard groups, each pixel's G given R and B given R and G: a smaller lossless rung, four more
+    passes of a small network); False codes them factorised.
 
     overlap: range-code each UQ step's symbols on a worker thread while this thread runs the next network call
     (the same bytes; the timings then overlap, so the phases add up to more than "total"). The decoder cannot
@@ -225,11 +259,12 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
     h, w = src.pixels.shape[:2]
     # validates every field before any work; the rung-0 check is known once the ladder has started
     header = Header(loaded.name, loaded.weights_hash, h, w, src.mode, src.palette, seed, T, 0)
+    pixel_context = loaded.context if context and loaded.context is not None and loaded.context.steps == T else None
     timer = Timer()
     # one torch thread for the whole encode, set before the worker starts: its own uses of one_thread are then
     # no-ops, and no thread restores the count while another computes (determinism.py)
     with one_thread(), (ThreadPoolExecutor(1) if overlap else nullcontext()) as pool:
-        ladder = _Ladder(loaded, T, seed, h, w, timer, progress)
+        ladder = _Ladder(loaded, T, seed, h, w, timer, progress, len(GROUPS) if pixel_context else 0)
         pixels = _pixels_tensor(src, ladder.device)
         x = to_unit(pixels)
         shown = ladder.reconstruct("denoise")
@@ -246,8 +281,18 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
         nelbo = sum(kls)
         m, b_x = ladder.pixel_model()
         symbols = flat(pixels).long().numpy()
-        coded.append(start(pool, lambda: code_symbols(symbols, m, b_x, lo=0, hi=255)))
-        nelbo += float(pixel_bits(pixels.reshape(-1), m, b_x).double().sum())
+        last = start(pool, lambda: code_symbols(symbols, m, b_x, lo=0, hi=255))  # factorised
+        pixel_nelbo = float(pixel_bits(pixels.reshape(-1), m, b_x).double().sum())
+        if pixel_context is not None:
+            with_context, context_nelbo = ladder.encode_pixels(pixels, pixel_context)
+            # the smaller chunk is kept: the context never makes a file larger (e.g. a tiny image, where its
+            # framing of 56 bytes costs more than it saves)
+            if len(with_context.payload) < len(last.result().payload):
+                last, pixel_nelbo = start(None, lambda: with_context), context_nelbo
+            else:
+                pixel_context = None
+        coded.append(last)
+        nelbo += pixel_nelbo
         nelbo += float(top_bits(x, ladder.gammas[0]).double().sum())  # not sent: z_1 comes from the seed
         checks.append(rung_check(src.pixels.tobytes()))
         psnrs.append(math.inf)
@@ -255,7 +300,7 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
     for c in done:
         for phase, seconds in c.clock.items():
             timer.clock[phase] += seconds
-    coder_ids = [c.coder_id for c in coders] + [CODER_UQ]
+    coder_ids = [c.coder_id for c in coders] + [CODER_UQ if pixel_context is None else CODER_CONTEXT]
     data = write_stream(header, [Chunk(i, c.payload, check) for i, c, check in zip(coder_ids, done, checks)])
     bits = [c.bits for c in done]
     kls = [None, *kls, None]
@@ -271,11 +316,11 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
 def encode(image: str | Path | Image.Image | np.ndarray, model: str | Path = DEFAULT_MODEL,
            seed: int | None = None, device: str = "cpu", progress: Progress | None = None,
            coder: str = "uq", rec_steps: int | None = None, posterior: str = "uniform",
-           steps: int | None = None, *, overlap: bool = False) -> bytes:
+           steps: int | None = None, *, overlap: bool = False, context: bool = True) -> bytes:
     """Encode an image (path, PIL image or uint8 array) into the bytes of a diffcodec file
-    (coder, rec_steps, posterior, steps and overlap as in `encode_report`)."""
+    (coder, rec_steps, posterior, steps, overlap and context as in `encode_report`)."""
     return encode_report(image, model, seed, device, progress, coder, rec_steps, posterior, steps=steps,
-                         overlap=overlap).data
+                         overlap=overlap, context=context).data
 
 
 def _verify(k: int, pixels: np.ndarray, expected: int) -> None:
@@ -338,9 +383,23 @@ def open_stream(data: bytes, model: str | Path | None = None, device: str = "cpu
     for i, chunk in enumerate(stream.chunks):
         if i < stream.header.steps:
             receiver(chunk.coder, i)  # raises for a coder that cannot send a step
-        elif chunk.coder != CODER_UQ:
+        elif chunk.coder not in (CODER_UQ, CODER_CONTEXT):
             raise BitstreamError(f"chunk {i}: coder {CODERS.get(chunk.coder, chunk.coder)!r} cannot send the lossless chunk")
     return stream, loaded
+
+
+def _check_context(loaded: LoadedModel, payload: bytes, steps: int) -> PixelContext:
+    """The model's pixel context network, if it is the one that coded this lossless chunk (the lossy rungs, up to
+    `steps`, decode without it)."""
+    wanted = payload[:HASH_SIZE].hex()
+    lossy = f"; the lossy rungs decode without it (--rung {steps})"
+    if loaded.context is None:
+        raise ModelError(f"the lossless chunk was coded with a pixel context network (weights {wanted}), but model "
+                         f"{loaded.name!r} has none ({loaded.path.parent / CONTEXT_FILE} is missing){lossy}")
+    if loaded.context.weights_hash.hex() != wanted:
+        raise ModelError(f"the lossless chunk was coded with pixel context weights {wanted}, but "
+                         f"{loaded.path.parent / CONTEXT_FILE} has {loaded.context.weights_hash.hex()}{lossy}")
+    return loaded.context
 
 
 def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, model: str | Path | None = None,
@@ -357,7 +416,12 @@ def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, mod
     if not 0 <= last <= len(stream.chunks):
         raise BadInputError(f"rung {last} is not in this file: it holds rungs 0 to {len(stream.chunks)}")
     h, w = stream.header.height, stream.header.width
-    ladder = _Ladder(loaded, stream.header.steps, stream.header.seed, h, w, timer or Timer(), progress)
+    T = stream.header.steps
+    pixel_context = None
+    if last > T and stream.chunks[T].coder == CODER_CONTEXT:  # refused before any work if it cannot be decoded
+        pixel_context = _check_context(loaded, stream.chunks[T].payload, T)
+    ladder = _Ladder(loaded, T, stream.header.seed, h, w, timer or Timer(), progress,
+                     len(GROUPS) if pixel_context else 0)
     checks = [stream.header.check] + [chunk.check for chunk in stream.chunks]
 
     def shown(k: int) -> np.ndarray | None:
@@ -379,6 +443,9 @@ def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, mod
         if i < ladder.T:
             ladder.advance(receiver(chunk.coder, i).receive(ladder.step_context(), chunk.payload))
             pixels = shown(i + 1)
+        elif pixel_context is not None:
+            pixels = ladder.decode_pixels(chunk.payload, pixel_context)
+            _verify(i + 1, pixels, chunk.check)
         else:
             m, b = ladder.pixel_model()
             symbols = decode_symbols(chunk.payload, m, b, lo=0, hi=255, clock=ladder.timer.clock).astype(np.uint8)

@@ -25,17 +25,25 @@ def tiles(height: int, width: int, core: int = CORE) -> list[tuple[slice, slice]
             for y in range(0, height, core) for x in range(0, width, core)]
 
 
+def run_tiled(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """fn(x) for a per-pixel network fn: (1, C, H, W) -> (1, C', H, W), in tiles when H W > TILE_ABOVE."""
+    h, w = x.shape[-2:]
+    if h * w <= TILE_ABOVE:
+        return fn(x)
+    out: Tensor | None = None
+    for rows, cols in tiles(h, w, CORE):
+        y0, x0 = max(rows.start - HALO, 0), max(cols.start - HALO, 0)
+        y1, x1 = min(rows.stop + HALO, h), min(cols.stop + HALO, w)
+        y = fn(x[..., y0:y1, x0:x1])
+        if out is None:
+            out = y.new_empty(*y.shape[:-2], h, w)
+        out[..., rows, cols] = y[..., slice(rows.start - y0, rows.stop - y0), slice(cols.start - x0, cols.stop - x0)]
+    assert out is not None
+    return out
+
+
 def predict_tiled(net: Net, z: Tensor, gamma: Tensor) -> tuple[Tensor, Tensor]:
     """(eps_hat, s_hat) of `net` on z (1, C, H, W), in tiles when H W > TILE_ABOVE."""
-    h, w = z.shape[-2:]
-    core, halo = CORE, HALO
-    if h * w <= TILE_ABOVE:
-        return net(z, gamma)
-    eps_hat, s_hat = torch.empty_like(z), torch.empty_like(z)
-    for rows, cols in tiles(h, w, core):
-        y0, x0 = max(rows.start - halo, 0), max(cols.start - halo, 0)
-        y1, x1 = min(rows.stop + halo, h), min(cols.stop + halo, w)
-        e, s = net(z[..., y0:y1, x0:x1], gamma)
-        keep = (..., slice(rows.start - y0, rows.stop - y0), slice(cols.start - x0, cols.stop - x0))
-        eps_hat[..., rows, cols], s_hat[..., rows, cols] = e[keep], s[keep]
-    return eps_hat, s_hat
+    c = z.shape[1]
+    both = run_tiled(lambda t: torch.cat(net(t, gamma), 1), z)
+    return both[:, :c], both[:, c:]

@@ -98,6 +98,18 @@ def top_bits(x: Tensor, gamma_1: Tensor) -> Tensor:
     return 0.5 * (a2 * x.square() + s2 - 1.0 - torch.log(s2)) / LN2
 
 
+def forward_chain(x: Tensor, gammas: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
+    """[z_{t_0}, ..., z_{t_T}]: z_1 ~ q(z_1 | x) = N(alpha_1 x, sigma_1^2), then z_s ~ q(z_s | z_t, x) for each
+    step (no network)."""
+    z = alpha(gammas[0]) * x + sigma(gammas[0]) * torch.randn(x.shape, generator=generator, device=x.device)
+    chain = [z]
+    for i in range(len(gammas) - 1):
+        mu_q, delta = posterior(z, x, gammas[i], gammas[i + 1])
+        z = mu_q + delta * (torch.rand(x.shape, generator=generator, device=x.device) - 0.5)
+        chain.append(z)
+    return chain
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything that defines a model besides its weights."""
@@ -156,21 +168,7 @@ class UQDM(nn.Module):
         T = self.steps
         gam = self.gammas()
         dev = x.device
-
-        def rand_like(t: Tensor) -> Tensor:
-            return torch.rand(t.shape, generator=generator, device=dev)
-
-        def randn_like(t: Tensor) -> Tensor:
-            return torch.randn(t.shape, generator=generator, device=dev)
-
-        # Forward chain: z_1 ~ q(z_1 | x), then z_s ~ q(z_s | z_t, x) for each step (no network).
-        z = alpha(gam[0]) * x + sigma(gam[0]) * randn_like(x)
-        chain, draws = [z], []
-        for i in range(T):
-            mu_q, delta = posterior(z, x, gam[i], gam[i + 1])
-            z = mu_q + delta * (rand_like(x) - 0.5)
-            chain.append(z)
-            draws.append((mu_q, delta))
+        chain = forward_chain(x, gam, generator)
         index = torch.randint(0, T + 1, (B,), generator=generator, device=dev)
         z_t = torch.stack(chain)[index, torch.arange(B, device=dev)]
         gamma_t = gam[index]

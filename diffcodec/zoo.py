@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .context import CONTEXT_FILE, PixelContext, load_context
 from .errors import ModelError
 from .uqdm import UQDM, ModelConfig
 
@@ -34,6 +35,7 @@ class LoadedModel:
     path: Path
     model: UQDM
     default_steps: int  # how many of the model's steps a file codes unless told (codec.json, else all)
+    context: PixelContext | None = None  # the pixel context network beside the model file (context.pt), if any
 
 
 def resolve(name_or_path: str | Path) -> tuple[str, Path]:
@@ -97,15 +99,31 @@ def default_steps(path: Path, model: UQDM) -> int:
 
 
 @lru_cache(maxsize=4)
-def _load_cached(path: str, mtime: float, device: str) -> LoadedModel:
+def _load_cached(path: str, mtime: float, context_mtime: float | None, device: str) -> LoadedModel:
     p = Path(path)
     name = p.parent.name if p.name == WEIGHTS_FILE else p.stem
     model = load_file(p, device)
-    return LoadedModel(name, weights_hash(p), p, model, default_steps(p, model))
+    digest = weights_hash(p)
+    return LoadedModel(name, digest, p, model, default_steps(p, model), find_context(p, digest, device))
+
+
+def find_context(path: Path, model_hash: bytes, device: str | torch.device = "cpu") -> PixelContext | None:
+    """The pixel context network beside a model file (context.pt), if there is one; refused if it was trained
+    for other weights."""
+    f = path.parent / CONTEXT_FILE
+    if path.name != WEIGHTS_FILE or not f.is_file():
+        return None
+    context = load_context(f, device)
+    if context.model_hash != model_hash:
+        raise ModelError(f"{f} was trained for weights {context.model_hash.hex()}, but {path} has "
+                         f"{model_hash.hex()}: retrain it (diffcodec train-context) or remove it")
+    return context
 
 
 def load_model(name_or_path: str | Path = DEFAULT_MODEL, device: str = "cpu") -> LoadedModel:
     """Load (and cache) a model by zoo name or path."""
     name, path = resolve(name_or_path)
-    loaded = _load_cached(str(path.resolve()), path.stat().st_mtime, device)
+    context = path.parent / CONTEXT_FILE
+    context_mtime = context.stat().st_mtime if context.is_file() else None  # a new context.pt is seen at once
+    loaded = _load_cached(str(path.resolve()), path.stat().st_mtime, context_mtime, device)
     return replace(loaded, name=name)

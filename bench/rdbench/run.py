@@ -122,13 +122,14 @@ def run(folder: Path, out: Path, model: str = "default", seed: int = 0, limit: i
     """Run the benchmark and write results.json, results.csv, rd_psnr.png, rd_msssim.png, contact_sheet.png."""
     paths = list_images(folder)[: limit or None]
     loaded = load_model(model)
+    context = None if loaded.context is None else loaded.context.weights_hash.hex()
     keys = {"diffcodec": {"model": loaded.name, "weights_hash": loaded.weights_hash.hex(), "seed": seed,
-                          "steps": loaded.default_steps},
+                          "steps": loaded.default_steps, "context": context},
             "baselines": {"sweeps": sweeps(), "versions": library_versions()}}
     images = measure_all(paths, out / "cache", model, seed, keys)
     summary = report.summarize(images)
     meta = {"folder": folder.name, "images": len(images), "model": loaded.name,
-            "weights_hash": loaded.weights_hash.hex(), "steps": loaded.default_steps, "seed": seed,
+            "weights_hash": loaded.weights_hash.hex(), "steps": loaded.default_steps, "context": context, "seed": seed,
             "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
             **keys["baselines"],
@@ -137,7 +138,8 @@ def run(folder: Path, out: Path, model: str = "default", seed: int = 0, limit: i
     report.write_json(out / "results.json", meta, summary, images)
     report.write_csv(out / "results.csv", summary, images)
     label = f"{folder.name}, mean over {len(images)} image{'s' if len(images) > 1 else ''}"
-    note = f"model {loaded.name} ({loaded.weights_hash.hex()}, {loaded.default_steps} steps), seed {seed}, {meta['date']}"
+    note = (f"model {loaded.name} ({loaded.weights_hash.hex()}, {loaded.default_steps} steps"
+            f"{'' if context is None else ', pixel context ' + context}), seed {seed}, {meta['date']}")
     plots.rd_plot(summary["curves"], "psnr", "PSNR (dB, RGB)", f"Rate-distortion: {label}", note, out / "rd_psnr.png")
     plots.rd_plot(summary["curves"], "msssim_db", "MS-SSIM (dB) = -10 log10(1 - MS-SSIM)",
                   f"Rate-distortion (MS-SSIM): {label}", note, out / "rd_msssim.png")

@@ -98,3 +98,48 @@ def _bar(console: Console, enabled: bool) -> Iterator[tuple[Progress | None, Tas
     with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
         yield bar, bar.add_task("training", total=None, stats="")
+
+
+def train_context_command(
+    data: Path = typer.Argument(..., help="folder of training photos (1 in 25 is held out to measure the bits)"),
+    model: str = typer.Option("default", "--model", "-m", help="the model (name or folder) whose pixels to model; "
+                              "it stays frozen"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="T, where the chain ends before the pixels "
+                                        "(default: the model's codec.json); files with other T code without it"),
+    iters: int = typer.Option(3000, "--iters", min=1, help="optimiser steps"),
+    batch: int = typer.Option(16, "--batch", min=1, help="crops per step"),
+    crop: int = typer.Option(64, "--crop", min=8, help="crop side in pixels (even)"),
+    pool: int = typer.Option(3072, "--pool", min=1, help="training crops taken down the chain once, then resampled"),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0, help="peak Adam learning rate (cosine to a tenth)"),
+    width: int = typer.Option(64, "--width", min=1, help="channels of the context network"),
+    blocks: int = typer.Option(3, "--blocks", min=0, help="residual blocks of the context network"),
+    eval_every: int = typer.Option(500, "--eval-every", min=1, help="steps between held-out measurements (and "
+                                   "saves)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="context file to write (default: context.pt beside the "
+                                       "model file, where the codec finds it)"),
+    val: Optional[Path] = typer.Option(None, "--val", help="held-out photos (default: 1 in 25 photos of DATA)"),
+    seed: int = typer.Option(0, "--seed", min=0, help="seed of the crops, the noise and the batches"),
+    threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch's default)"),
+) -> None:
+    """Fit the pixel context network of a trained model: the lossless chunk then codes the pixels in four
+    checkerboard groups, each seeing the groups before it, and G given R, B given R and G in each pixel.
+    Writes context.pt beside the model (the codec uses it for files of T steps; old files still decode)."""
+    from .context import ContextOptions, train_context
+
+    for folder, flag in ((data, "DATA"), (val, "--val")):
+        if folder is not None and not folder.is_dir():
+            raise BadInputError(f"{flag} {folder}: not a directory")
+    if crop % 2:
+        raise BadInputError(f"--crop must be even (the groups tile 2 x 2 blocks), got {crop}")
+    if threads:
+        torch.set_num_threads(threads)
+    opts = ContextOptions(data=data, model=model, steps=steps, iters=iters, batch=batch, crop=crop, pool=pool, lr=lr,
+                          width=width, blocks=blocks, eval_every=eval_every, seed=seed, out=out, val=val)
+    console = Console(stderr=True)
+    with _bar(console, console.is_terminal) as (bar, task):
+        def report(done: int, total: int, bits: float) -> None:
+            bar.update(task, completed=done, total=total, stats=f"pixel bits {bits:.3f}")
+
+        summary = train_context(opts, log=bar.console.print if bar else print, report=report if bar else None)
+    print(f"{summary.path}: {summary.parameters} parameters, {summary.iters} steps in {summary.seconds / 60:.1f} min; "
+          f"held-out pixel bits {summary.context_bits:.4f} per sub-pixel (factorised {summary.factorised_bits:.4f})")

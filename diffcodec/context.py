@@ -1,0 +1,183 @@
+"""The lossless chunk with context: the pixels under p(x | z_T) in four checkerboard groups (DESIGN.md section 6).
+
+Group g holds the pixels at (row, column) = GROUPS[g] modulo 2. For group g the context network
+(nn/context.py) sees the pixels of groups 0..g-1 and refines the factorised logistic (m, b) of uqdm.pixel_prior:
+
+    m' = m + MEAN_STEP dm,  b' = b exp(dlog_b),  kappa = tanh(raw)
+    m'_G <- m'_G + kappa_1 (x_R - m'_R),  m'_B <- m'_B + kappa_2 (x_R - m'_R) + kappa_3 (x_G - m'_G)
+
+so within a pixel G is coded given R, and B given R and G. The payload is the 8-byte hash of the context file,
+then for group 0 R, G, B, group 1 R, G, B, ... one range-coded block each (u32le length, then the bytes of
+entropy.encode_symbols); the decoder has every mean before it needs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .entropy import decode_symbols
+from .errors import BitstreamError, ModelError
+from .nn.context import ContextConfig, ContextNet
+from .steps import Coded, code_symbols
+from .tiling import run_tiled
+from .uqdm import pixel_bits, to_unit
+
+GROUPS = ((0, 0), (1, 1), (0, 1), (1, 0))
+"""(row, column) modulo 2 of each group, in coding order."""
+MEAN_STEP = 8.0  # pixel units per unit of the network's mean output
+CONTEXT_FILE = "context.pt"  # beside a model file: its pixel context network
+HASH_SIZE = 8
+_LENGTH = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class PixelContext:
+    """A context network trained for one model at one step count."""
+
+    net: ContextNet
+    steps: int  # T: the end of the chain z_T it was trained at; other step counts code without it
+    model_hash: bytes  # weights hash of the UQDM it was trained on
+    weights_hash: bytes  # first 8 bytes of sha256(context file), written at the start of every chunk it codes
+
+
+class ChainEnd(NamedTuple):
+    """What encoder and decoder both hold at z_T, (1, 3, H, W) each: the inputs of the lossless chunk."""
+
+    z: Tensor
+    x_hat: Tensor  # denoise(z_T) clamped to [-1, 1]
+    s_hat: Tensor
+    m: Tensor  # factorised p(x | z_T): mean and logistic scale in pixel units
+    b: Tensor
+
+
+def save_context(path: Path, net: ContextNet, steps: int, model_hash: bytes) -> None:
+    """Write a context file (config, float32 weights, T, the model's hash), atomically."""
+    blob = {"config": net.config.to_dict(), "state_dict": {k: v.detach().float().cpu() for k, v in
+                                                          net.state_dict().items()},
+            "steps": steps, "model_hash": model_hash.hex()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+
+
+def load_context(path: Path, device: str | torch.device = "cpu") -> PixelContext:
+    """Read a context file written by `save_context`."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        net = ContextNet(ContextConfig(**blob["config"]))
+        net.load_state_dict(blob["state_dict"])
+        steps, model_hash = int(blob["steps"]), bytes.fromhex(blob["model_hash"])
+    except Exception as e:  # any failure to read the file is a model error for the user
+        first_line = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ModelError(f"{path}: not a diffcodec context file ({type(e).__name__}: {first_line})") from None
+    digest = hashlib.sha256(path.read_bytes()).digest()[:HASH_SIZE]
+    return PixelContext(net.to(device).eval().requires_grad_(False), steps, model_hash, digest)
+
+
+def group_mask(g: int, height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
+    """(H, W) bool: the pixels of group g."""
+    dy, dx = GROUPS[g]
+    mask = torch.zeros(height, width, dtype=torch.bool, device=device)
+    mask[dy::2, dx::2] = True
+    return mask
+
+
+def group_logistics(net: ContextNet, end: ChainEnd, decoded: Tensor, g: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(m', b', kappa), (B, 3, H, W) each, for group g given `decoded` (B, 3, H, W) pixels, of which only those
+    of groups < g are read."""
+    h, w = end.z.shape[-2:]
+    known = torch.zeros(h, w, dtype=torch.bool, device=end.z.device)
+    for k in range(g):
+        known |= group_mask(k, h, w, end.z.device)
+    known = known.expand(end.z.shape[0], 1, h, w)
+    shown = torch.where(known, to_unit(decoded), 0.0)
+    target = group_mask(g, h, w, end.z.device).expand_as(known)
+    features = torch.cat([end.x_hat, end.z, end.s_hat.log(), shown, known.float(), target.float()], 1)
+    out = run_tiled(net, features)
+    m = end.m + MEAN_STEP * out[:, 0:3]  # m' = m + MEAN_STEP dm
+    b = end.b * torch.exp(out[:, 3:6])  # b' = b exp(dlog_b)
+    return m, b, torch.tanh(out[:, 6:9])
+
+
+def channel_means(m: Tensor, kappa: Tensor, x: Tensor) -> Tensor:
+    """m'_G = m_G + kappa_1 (x_R - m_R), m'_B = m_B + kappa_2 (x_R - m_R) + kappa_3 (x_G - m'_G), on (3, ...)
+    tensors; m'_R = m_R. Row c reads only the rows of x before c, so the decoder can fill x one row at a time."""
+    r = x[0] - m[0]
+    mean_g = m[1] + kappa[0] * r
+    mean_b = m[2] + kappa[1] * r + kappa[2] * (x[1] - mean_g)
+    return torch.stack([m[0], mean_g, mean_b])
+
+
+def context_bits(net: ContextNet, end: ChainEnd, pixels: Tensor, g: int) -> Tensor:
+    """-log2 P(pixel | z_T, groups < g) of every sub-pixel (B, 3, H, W) under group g's model; only the entries of
+    group g's pixels are the group's bits (the training loss and the encoder's accounting)."""
+    m, b, kappa = group_logistics(net, end, pixels, g)
+    mean = channel_means(m.transpose(0, 1), kappa.transpose(0, 1), pixels.float().transpose(0, 1)).transpose(0, 1)
+    return pixel_bits(pixels, mean, b)
+
+
+def _gather(t: Tensor, mask: Tensor) -> Tensor:
+    """(1, 3, H, W) -> (3, n): the sub-pixels of the masked pixels, row-major."""
+    return t[0][:, mask]
+
+
+def encode_pixels(context: PixelContext, end: ChainEnd, pixels: Tensor,
+                  after_group: Callable[[], None] | None = None) -> tuple[Coded, float]:
+    """The lossless chunk for pixels (1, 3, H, W) uint8: its payload and its information content, and the
+    bits of the float model (for the NELBO); `after_group` is called after each group's network pass."""
+    h, w = pixels.shape[-2:]
+    parts, bits, nelbo, clock = [context.weights_hash], 0.0, 0.0, {"tables": 0.0, "coder": 0.0}
+    for g in range(len(GROUPS)):
+        mask = group_mask(g, h, w, pixels.device)
+        m, b, kappa = (_gather(t, mask) for t in group_logistics(context.net, end, pixels, g))
+        if after_group:
+            after_group()
+        x = _gather(pixels, mask)
+        mean = channel_means(m, kappa, x.float())
+        nelbo += float(pixel_bits(x, mean, b).double().sum())
+        for c in range(3):
+            coded = code_symbols(x[c].long().cpu().numpy(), mean[c].contiguous(), b[c].contiguous(), lo=0, hi=255)
+            parts += [_LENGTH.pack(len(coded.payload)), coded.payload]
+            bits += coded.bits
+            for phase, seconds in coded.clock.items():
+                clock[phase] += seconds
+    return Coded(b"".join(parts), bits, clock), nelbo
+
+
+def decode_pixels(context: PixelContext, end: ChainEnd, payload: bytes, clock: dict[str, float],
+                  after_group: Callable[[], None] | None = None) -> np.ndarray:
+    """The pixels (H, W, 3) uint8 from a lossless chunk of `encode_pixels` (`after_group` as there)."""
+    if payload[:HASH_SIZE] != context.weights_hash:
+        raise BitstreamError(f"the lossless chunk was coded with pixel context {payload[:HASH_SIZE].hex()}, "
+                             f"not this model's {context.weights_hash.hex()}")
+    h, w = end.z.shape[-2:]
+    pixels = torch.zeros(1, 3, h, w, dtype=torch.uint8, device=end.z.device)
+    pos = HASH_SIZE
+    for g in range(len(GROUPS)):
+        mask = group_mask(g, h, w, pixels.device)
+        m, b, kappa = (_gather(t, mask) for t in group_logistics(context.net, end, pixels, g))
+        if after_group:
+            after_group()
+        x = torch.zeros_like(m)
+        for c in range(3):
+            if pos + _LENGTH.size > len(payload):
+                raise BitstreamError("the lossless chunk ends early: it is corrupt")
+            (n,) = _LENGTH.unpack_from(payload, pos)
+            block = payload[pos + _LENGTH.size : pos + _LENGTH.size + n]
+            pos += _LENGTH.size + n
+            mean = channel_means(m, kappa, x)[c].contiguous()
+            x[c] = torch.from_numpy(decode_symbols(block, mean, b[c].contiguous(), lo=0, hi=255, clock=clock)).to(x)
+        pixels[0][:, mask] = x.to(torch.uint8)
+    if pos != len(payload):
+        raise BitstreamError(f"the lossless chunk has {len(payload) - pos} bytes after its last block: it is corrupt")
+    return pixels[0].permute(1, 2, 0).cpu().numpy()

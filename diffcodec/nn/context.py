@@ -1,0 +1,55 @@
+"""The pixel context network: what the pixels decoded so far say about the rest (DESIGN.md section 6, context).
+
+A small full-resolution residual conv stack. It sees the U-Net's guess x_hat and scale s_hat at z_T, z_T itself,
+the pixels already decoded (zero elsewhere) and two masks (decoded, being decoded), and returns per sub-pixel
+a mean offset, a log-scale offset and the channel coefficients kappa of diffcodec.context. Its last layer starts
+at zero, so an untrained network is exactly the factorised p(x | z_T).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+INPUTS = 3 + 3 + 3 + 3 + 2  # x_hat, z, log s_hat, decoded pixels, decoded mask, target mask
+OUTPUTS = 3 + 3 + 3  # mean offsets, log-scale offsets, channel coefficients (before tanh)
+
+
+@dataclass(frozen=True)
+class ContextConfig:
+    """Width and depth of the context network (receptive field: 2 (2 blocks + 2) + 1 pixels across)."""
+
+    width: int = 64
+    blocks: int = 3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ContextNet(nn.Module):
+    """(x_hat, z, log s_hat, decoded, decoded mask, target mask) -> (B, 9, H, W) raw outputs."""
+
+    def __init__(self, config: ContextConfig = ContextConfig()) -> None:
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.inp = nn.Conv2d(INPUTS, w, 3, padding=1)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.SiLU(), nn.Conv2d(w, w, 3, padding=1), nn.SiLU(), nn.Conv2d(w, w, 3, padding=1))
+            for _ in range(config.blocks)
+        )
+        self.out = nn.Conv2d(w, OUTPUTS, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """features: the INPUTS channels stacked, (B, 14, H, W)."""
+        h = self.inp(features)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(F.silu(h))
+
+
+__all__ = ["INPUTS", "OUTPUTS", "ContextConfig", "ContextNet"]

@@ -1,0 +1,137 @@
+"""Fitting a model's pixel context network (context.py), the UQDM frozen.
+
+Training crops go down the forward chain to z_T (no network), the U-Net runs once there, and the context network
+learns -log2 P(x | z_T, groups < g) for a random group g of each batch: exactly the bits of the lossless chunk.
+A pool of such crops is made once (the U-Net's pass is most of the cost) and sampled with replacement.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..context import CONTEXT_FILE, GROUPS, ChainEnd, context_bits, group_mask, save_context
+from ..errors import BadInputError
+from ..nn.context import ContextConfig, ContextNet
+from ..uqdm import UQDM, denoise, forward_chain, pixel_bits, pixel_prior, to_unit
+from ..zoo import load_model
+from .data import CropCache, list_images, split_holdout
+
+POOL_BATCH = 32  # crops per U-Net call while the pool is made
+
+
+@dataclass
+class ContextOptions:
+    """Everything `diffcodec train-context` accepts (see its --help)."""
+
+    data: Path
+    model: str = "default"
+    steps: int | None = None  # T of the chain end (default: the model's default step count)
+    iters: int = 3000
+    batch: int = 16
+    crop: int = 64
+    pool: int = 3072  # training crops taken to z_T once
+    val_crops: int = 256
+    lr: float = 1e-3
+    width: int = 64
+    blocks: int = 3
+    eval_every: int = 500
+    seed: int = 0
+    out: Path | None = None  # default: context.pt beside the model file
+    val: Path | None = None  # held-out photos (default: 1 in 25 of data, by name hash)
+
+
+@dataclass
+class ContextSummary:
+    """How a fit went: held-out bits of the pixels per sub-pixel, factorised and with context."""
+
+    path: Path
+    iters: int
+    seconds: float
+    factorised_bits: float
+    context_bits: float
+    parameters: int
+
+
+def chain_ends(model: UQDM, pixels: torch.Tensor, steps: int, generator: torch.Generator) -> ChainEnd:
+    """z_T of the forward chain of each crop and the U-Net's view of it, in batches of POOL_BATCH."""
+    gammas = model.gammas(steps).detach()
+    parts = []
+    for i in range(0, len(pixels), POOL_BATCH):
+        x = to_unit(pixels[i : i + POOL_BATCH])
+        z = forward_chain(x, gammas, generator)[-1]
+        eps_hat, s_hat = model.predict(z, gammas[steps])
+        m, b = pixel_prior(z, eps_hat, s_hat, gammas[steps])
+        parts.append(ChainEnd(z, denoise(z, eps_hat, gammas[steps]).clamp(-1, 1), s_hat, m, b))
+    return ChainEnd(*(torch.cat(t) for t in zip(*parts)))
+
+
+def _take(end: ChainEnd, idx: torch.Tensor) -> ChainEnd:
+    return ChainEnd(*(t[idx] for t in end))
+
+
+@torch.no_grad()
+def held_out_bits(net: ContextNet, end: ChainEnd, pixels: torch.Tensor) -> tuple[float, float]:
+    """(factorised, context) bits per sub-pixel of the pixels, all groups."""
+    h, w = pixels.shape[-2:]
+    factorised = float(pixel_bits(pixels, end.m, end.b).mean())
+    total = 0.0
+    for g in range(len(GROUPS)):
+        total += float(context_bits(net, end, pixels, g)[..., group_mask(g, h, w)].sum())
+    return factorised, total / pixels.numel()
+
+
+def train_context(opts: ContextOptions, log: Callable[[str], None] = print,
+                  report: Callable[[int, int, float], None] | None = None) -> ContextSummary:
+    """Fit the context network of `opts.model` at T = `opts.steps`; write it (atomically) beside the model."""
+    t0 = time.perf_counter()
+    loaded = load_model(opts.model)
+    steps = loaded.default_steps if opts.steps is None else opts.steps
+    if not 1 <= steps <= loaded.model.steps:
+        raise BadInputError(f"--steps must be in [1, {loaded.model.steps}] for model {loaded.name!r}, got {steps}")
+    out = opts.out or loaded.path.parent / CONTEXT_FILE
+    train_paths, val_paths = split_holdout(list_images(opts.data))
+    if opts.val is not None:
+        train_paths, val_paths = train_paths + val_paths, list_images(opts.val)
+    if not train_paths or not val_paths:
+        raise BadInputError(f"{opts.data}: needs photos both to train on and to hold out (1 in 25, or --val), "
+                            f"found {len(train_paths)} and {len(val_paths)}")
+    rng = np.random.default_rng(opts.seed)
+    gen = torch.Generator().manual_seed(opts.seed)
+    with torch.no_grad():
+        train_pix = CropCache(train_paths, opts.crop).sample(opts.pool, rng)
+        val_pix = CropCache(val_paths, opts.crop).sample(opts.val_crops, rng)
+        log(f"taking {len(train_pix)} training and {len(val_pix)} held-out crops to z_{steps} ...")
+        train_end = chain_ends(loaded.model, train_pix, steps, gen)
+        val_end = chain_ends(loaded.model, val_pix, steps, gen)
+    with torch.random.fork_rng():  # the initial weights come from the seed, not from the caller's random state
+        torch.manual_seed(opts.seed)
+        net = ContextNet(ContextConfig(opts.width, opts.blocks))
+    opt = torch.optim.Adam(net.parameters(), opts.lr)
+    factorised, bits = held_out_bits(net, val_end, val_pix)
+    log(f"held-out pixel bits per sub-pixel: factorised {factorised:.4f}")
+    for it in range(opts.iters):
+        for group in opt.param_groups:  # cosine from lr to lr / 10
+            group["lr"] = opts.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / opts.iters)))
+        idx = torch.from_numpy(rng.integers(0, len(train_pix), opts.batch))
+        g = int(rng.integers(0, len(GROUPS)))
+        pixels = train_pix[idx]
+        dy, dx = GROUPS[g]
+        loss = context_bits(net, _take(train_end, idx), pixels, g)[..., dy::2, dx::2].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if report:
+            report(it + 1, opts.iters, float(loss))
+        if (it + 1) % opts.eval_every == 0 or it + 1 == opts.iters:
+            _, bits = held_out_bits(net, val_end, val_pix)
+            log(f"iteration {it + 1}: held-out pixel bits {bits:.4f} (factorised {factorised:.4f})")
+            save_context(out, net, steps, loaded.weights_hash)
+    n_params = sum(p.numel() for p in net.parameters())
+    return ContextSummary(out, opts.iters, time.perf_counter() - t0, factorised, bits, n_params)
