@@ -283,22 +283,24 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
         symbols = flat(pixels).long().numpy()
         last = start(pool, lambda: code_symbols(symbols, m, b_x, lo=0, hi=255))  # factorised
         pixel_nelbo = float(pixel_bits(pixels.reshape(-1), m, b_x).double().sum())
+        discarded: dict[str, float] = {}  # the clock of the lossless chunk not kept
         if pixel_context is not None:
             with_context, context_nelbo = ladder.encode_pixels(pixels, pixel_context)
             # the smaller chunk is kept: the context never makes a file larger (e.g. a tiny image, where its
             # framing of 56 bytes costs more than it saves)
             if len(with_context.payload) < len(last.result().payload):
+                discarded = last.result().clock
                 last, pixel_nelbo = start(None, lambda: with_context), context_nelbo
             else:
-                pixel_context = None
+                discarded, pixel_context = with_context.clock, None
         coded.append(last)
         nelbo += pixel_nelbo
         nelbo += float(top_bits(x, ladder.gammas[0]).double().sum())  # not sent: z_1 comes from the seed
         checks.append(rung_check(src.pixels.tobytes()))
         psnrs.append(math.inf)
         done = [c.result() for c in coded]  # waits for the worker; raises what it raised
-    for c in done:
-        for phase, seconds in c.clock.items():
+    for clock in [c.clock for c in done] + [discarded]:
+        for phase, seconds in clock.items():
             timer.clock[phase] += seconds
     coder_ids = [c.coder_id for c in coders] + [CODER_UQ if pixel_context is None else CODER_CONTEXT]
     data = write_stream(header, [Chunk(i, c.payload, check) for i, c, check in zip(coder_ids, done, checks)])
