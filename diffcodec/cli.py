@@ -283,7 +283,8 @@ def info(
     stream: Path = typer.Argument(..., help="diffcodec file"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Show the header of STREAM and its rung table (bytes, cumulative bytes, bpp)."""
+    """Show the header of STREAM and its rung table (bytes, cumulative bytes, bpp, and the coder of each chunk:
+    uq, rec, or context for a lossless chunk coded with the pixel context network)."""
     parsed = read_stream(_read(stream))
     h = parsed.header
     rungs = [{"rung": r.rung, "bytes": r.bytes, "cum_bytes": r.cum_bytes, "bpp": r.bpp}
@@ -301,9 +302,9 @@ def info(
     status = "complete (last rung lossless)" if parsed.complete else "truncated: lossy rungs only"
     print(f"{len(parsed.chunks)} of {h.steps + 1} chunks, {status}"
           + (f", {parsed.trailing_bytes} trailing bytes ignored" if parsed.trailing_bytes else ""))
-    print(f"{'rung':>4} {'bytes':>9} {'cum_bytes':>10} {'bpp':>8}")
-    for r in rungs:
-        print(f"{r['rung']:>4} {r['bytes']:>9} {r['cum_bytes']:>10} {r['bpp']:>8.3f}")
+    print(f"{'rung':>4} {'bytes':>9} {'cum_bytes':>10} {'bpp':>8}  coder")
+    for r, coder in zip(rungs, ["-", *coders]):
+        print(f"{r['rung']:>4} {r['bytes']:>9} {r['cum_bytes']:>10} {r['bpp']:>8.3f}  {coder}")
 
 
 app.command("train")(_one_line_errors(train_command))

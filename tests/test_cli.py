@@ -238,6 +238,7 @@ def test_info_text(stream_file: Path, tmp_path: Path, stream20: bytes) -> None:
     full = ok(cli("info", stream_file)).stdout
     assert "53x37 RGB" in full and TINY_NAME in full
     assert f"{TINY_STEPS + 1} of {TINY_STEPS + 1} chunks, complete" in full
+    assert [line.split()[-1] for line in full.splitlines()[3:]] == ["-"] + ["uq"] * (TINY_STEPS + 1)  # coders
     cut = tmp_path / "cut.dcz"
     cut.write_bytes(stream20[: read_stream(stream20).rung_bytes(2) + 5])
     text = ok(cli("info", cut)).stdout
