@@ -193,8 +193,9 @@ def encode(
     posterior: Posterior = typer.Option(Posterior.uniform, "--posterior", help="posterior sent by rec: uniform (the "
                                         "UQDM step) or gaussian (a Gaussian step with the same network)"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="code the first N of the model's diffusion steps, "
-                                        "then the pixels: N + 2 rungs (default: the model's choice, 6 of 8 for the "
-                                        "default model; 8 adds rungs near 50 and 59 dB but a larger lossless rung)"),
+                                        "then the pixels: N + 2 rungs (default: the model's choice, 5 of 8 for the "
+                                        "default model, whose pixel context is fitted for 5; 6, 7 and 8 add rungs near "
+                                        "43, 50 and 59 dB but a larger lossless rung)"),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     overlap: bool = typer.Option(False, "--overlap", help="range-code each step on a second thread while the "
                                  "network runs the next (same file; pays only with a free core or a GPU)"),
