@@ -13,7 +13,6 @@ entropy.encode_symbols); the decoder has every mean before it needs it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from collections.abc import Callable
@@ -70,8 +69,8 @@ def save_context(path: Path, net: ContextNet, steps: int, model_hash: bytes) -> 
     os.replace(tmp, path)
 
 
-def load_context(path: Path, device: str | torch.device = "cpu") -> PixelContext:
-    """Read a context file written by `save_context`."""
+def load_context(path: Path, weights_hash: bytes, device: str | torch.device = "cpu") -> PixelContext:
+    """Read a context file written by `save_context`; `weights_hash` is the file's (zoo.weights_hash)."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         net = ContextNet(ContextConfig(**blob["config"]))
@@ -80,8 +79,7 @@ def load_context(path: Path, device: str | torch.device = "cpu") -> PixelContext
     except Exception as e:  # any failure to read the file is a model error for the user
         first_line = (str(e).strip().splitlines() or [""])[0][:200]
         raise ModelError(f"{path}: not a diffcodec context file ({type(e).__name__}: {first_line})") from None
-    digest = hashlib.sha256(path.read_bytes()).digest()[:HASH_SIZE]
-    return PixelContext(net.to(device).eval().requires_grad_(False), steps, model_hash, digest)
+    return PixelContext(net.to(device).eval().requires_grad_(False), steps, model_hash, weights_hash)
 
 
 def group_mask(g: int, height: int, width: int, device: torch.device | str = "cpu") -> Tensor:

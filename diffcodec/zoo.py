@@ -113,7 +113,7 @@ def find_context(path: Path, model_hash: bytes, device: str | torch.device = "cp
     f = path.parent / CONTEXT_FILE
     if path.name != WEIGHTS_FILE or not f.is_file():
         return None
-    context = load_context(f, device)
+    context = load_context(f, weights_hash(f), device)
     if context.model_hash != model_hash:
         raise ModelError(f"{f} was trained for weights {context.model_hash.hex()}, but {path} has "
                          f"{model_hash.hex()}: retrain it (diffcodec train-context) or remove it")
