@@ -14,7 +14,7 @@ import diffcodec
 from diffcodec import context as ctx
 from diffcodec.bitstream import CODER_CONTEXT, CODER_UQ, read_stream
 from diffcodec.cli import app
-from diffcodec.errors import BitstreamError, ModelError
+from diffcodec.errors import BadInputError, BitstreamError, ModelError
 from diffcodec.train import context as ctx_train
 from diffcodec.train.context import ContextOptions, train_context
 from diffcodec.zoo import load_model
@@ -138,6 +138,19 @@ def test_a_corrupt_context_payload_is_an_error(context_model: Path) -> None:
         with pytest.raises(BitstreamError):
             ctx.decode_pixels(loaded.context, end._replace(s_hat=torch.ones(1, 3, h, w), b=torch.ones(1, 3, h, w)),
                               bad, {"tables": 0.0, "coder": 0.0})
+
+
+def test_training_can_start_from_a_context_file(context_model: Path, photos: Path, tmp_path: Path) -> None:
+    start = context_model / ctx.CONTEXT_FILE
+    opts = ContextOptions(data=photos, val=photos, model=str(context_model), iters=1, batch=4, crop=32, pool=16,
+                          val_crops=8, lr=0.0, width=8, blocks=0, out=tmp_path / "more.pt", init=start)
+    summary = train_context(opts, log=lambda line: None)
+    assert summary.context_bits < summary.factorised_bits  # the start was the fitted network, not a zero output
+    saved, first = (torch.load(p, weights_only=True) for p in (summary.path, start))
+    assert saved["config"] == first["config"]  # width and blocks come from the file, not the options
+    assert all(torch.equal(saved["state_dict"][k], v) for k, v in first["state_dict"].items())  # lr 0: unchanged
+    with pytest.raises(BadInputError, match="made for model"):
+        train_context(ContextOptions(**{**opts.__dict__, "steps": STEPS - 1}), log=lambda line: None)
 
 
 def test_channel_means_read_only_earlier_channels() -> None:

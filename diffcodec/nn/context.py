@@ -21,8 +21,8 @@ OUTPUTS = 3 + 3 + 3  # mean offsets, log-scale offsets, channel coefficients (be
 class ContextConfig:
     """Width and depth of the context network (receptive field: 2 (2 blocks + 2) + 1 pixels across)."""
 
-    width: int = 64
-    blocks: int = 3
+    width: int = 32
+    blocks: int = 2
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -111,8 +111,8 @@ def train_context_command(
     crop: int = typer.Option(64, "--crop", min=8, help="crop side in pixels (even)"),
     pool: int = typer.Option(3072, "--pool", min=1, help="training crops taken down the chain once, then resampled"),
     lr: float = typer.Option(1e-3, "--lr", min=0.0, help="peak Adam learning rate (cosine to a tenth)"),
-    width: int = typer.Option(64, "--width", min=1, help="channels of the context network"),
-    blocks: int = typer.Option(3, "--blocks", min=0, help="residual blocks of the context network"),
+    width: int = typer.Option(32, "--width", min=1, help="channels of the context network"),
+    blocks: int = typer.Option(2, "--blocks", min=0, help="residual blocks of the context network"),
     eval_every: int = typer.Option(500, "--eval-every", min=1, help="steps between held-out measurements (and "
                                    "saves)"),
     out: Optional[Path] = typer.Option(None, "--out", help="context file to write (default: context.pt beside the "
@@ -120,6 +120,8 @@ def train_context_command(
     val: Optional[Path] = typer.Option(None, "--val", help="held-out photos (default: 1 in 25 photos of DATA)"),
     seed: int = typer.Option(0, "--seed", min=0, help="seed of the crops, the noise and the batches"),
     threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch's default)"),
+    init: Optional[Path] = typer.Option(None, "--init", help="context file to start from (made for this model and "
+                                        "T; its width and blocks are kept), e.g. to train a shipped one further"),
 ) -> None:
     """Fit the pixel context network of a trained model: the lossless chunk then codes the pixels in four
     checkerboard groups, each seeing the groups before it, and G given R, B given R and G in each pixel.
@@ -129,12 +131,15 @@ def train_context_command(
     for folder, flag in ((data, "DATA"), (val, "--val")):
         if folder is not None and not folder.is_dir():
             raise BadInputError(f"{flag} {folder}: not a directory")
+    if init is not None and not init.is_file():
+        raise BadInputError(f"--init {init}: no such file")
     if crop % 2:
         raise BadInputError(f"--crop must be even (the groups tile 2 x 2 blocks), got {crop}")
     if threads:
         torch.set_num_threads(threads)
     opts = ContextOptions(data=data, model=model, steps=steps, iters=iters, batch=batch, crop=crop, pool=pool, lr=lr,
-                          width=width, blocks=blocks, eval_every=eval_every, seed=seed, out=out, val=val)
+                          width=width, blocks=blocks, eval_every=eval_every, seed=seed, out=out, val=val,
+                          init=init)
     console = Console(stderr=True)
     with _bar(console, console.is_terminal) as (bar, task):
         def report(done: int, total: int, bits: float) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..context import CONTEXT_FILE, GROUPS, ChainEnd, context_bits, group_mask, save_context
+from ..context import CONTEXT_FILE, GROUPS, ChainEnd, context_bits, group_mask, load_context, save_context
 from ..errors import BadInputError
 from ..nn.context import ContextConfig, ContextNet
 from ..uqdm import UQDM, denoise, forward_chain, pixel_bits, pixel_prior, to_unit
@@ -39,12 +39,13 @@ class ContextOptions:
     pool: int = 3072  # training crops taken to z_T once
     val_crops: int = 256
     lr: float = 1e-3
-    width: int = 64
-    blocks: int = 3
+    width: int = 32
+    blocks: int = 2
     eval_every: int = 500
     seed: int = 0
     out: Path | None = None  # default: context.pt beside the model file
     val: Path | None = None  # held-out photos (default: 1 in 25 of data, by name hash)
+    init: Path | None = None  # a context file to start from (its width and depth replace width and blocks)
 
 
 @dataclass
@@ -87,6 +88,19 @@ def held_out_bits(net: ContextNet, end: ChainEnd, pixels: torch.Tensor) -> tuple
     return factorised, total / pixels.numel()
 
 
+def _initial_net(opts: ContextOptions, model_hash: bytes, steps: int) -> ContextNet:
+    """The network to train: a copy of `opts.init` (made for this model and T), or new weights from the seed."""
+    if opts.init is None:
+        with torch.random.fork_rng():  # the initial weights come from the seed, not from the caller's random state
+            torch.manual_seed(opts.seed)
+            return ContextNet(ContextConfig(opts.width, opts.blocks))
+    start = load_context(opts.init, b"")
+    if start.model_hash != model_hash or start.steps != steps:
+        raise BadInputError(f"--init {opts.init}: made for model {start.model_hash.hex()} at T = {start.steps}, "
+                            f"not {model_hash.hex()} at T = {steps}")
+    return start.net.requires_grad_(True).train()
+
+
 def train_context(opts: ContextOptions, log: Callable[[str], None] = print,
                   report: Callable[[int, int, float], None] | None = None) -> ContextSummary:
     """Fit the context network of `opts.model` at T = `opts.steps`; write it (atomically) beside the model."""
@@ -110,12 +124,10 @@ def train_context(opts: ContextOptions, log: Callable[[str], None] = print,
         log(f"taking {len(train_pix)} training and {len(val_pix)} held-out crops to z_{steps} ...")
         train_end = chain_ends(loaded.model, train_pix, steps, gen)
         val_end = chain_ends(loaded.model, val_pix, steps, gen)
-    with torch.random.fork_rng():  # the initial weights come from the seed, not from the caller's random state
-        torch.manual_seed(opts.seed)
-        net = ContextNet(ContextConfig(opts.width, opts.blocks))
+    net = _initial_net(opts, loaded.weights_hash, steps)
     opt = torch.optim.Adam(net.parameters(), opts.lr)
     factorised, bits = held_out_bits(net, val_end, val_pix)
-    log(f"held-out pixel bits per sub-pixel: factorised {factorised:.4f}")
+    log(f"held-out pixel bits per sub-pixel: factorised {factorised:.4f}" + (f", --init {bits:.4f}" if opts.init else ""))
     for it in range(opts.iters):
         for group in opt.param_groups:  # cosine from lr to lr / 10
             group["lr"] = opts.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / opts.iters)))

@@ -44,6 +44,12 @@ def start(device: str = "auto") -> World:
     return World(rank, size, dev)
 
 
+def barrier(world: World) -> None:
+    """Wait until every rank gets here (so that no rank tears its process group down while another still works)."""
+    if world.size > 1:
+        dist.barrier()
+
+
 def stop() -> None:
     """Leave the process group."""
     if dist.is_initialized():

@@ -302,5 +302,6 @@ def _train(opts: TrainOptions, world: distributed.World, report: Callable[[Statu
         val_bpd = evaluate(run.ema, run.val_data, opts.eval_batches, opts.batch)
         note(f"stopped at step {run.step} after {seconds:.0f} s: train bpd {run.run_bpd:.4f}, val bpd {val_bpd:.4f} "
              f"(EMA), {world.size} rank(s) agree on weights {fingerprint}")
+    distributed.barrier(world)  # rank 0 evaluated alone: leave together, or gloo may abort the rank that left first
     return Summary(run.step, run.run_bpd, val_bpd, n_params, len(run.train_data.images), len(run.val_data.images),
                    run.model.config, run.segments)
