@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +151,7 @@ def test_training_can_start_from_a_context_file(context_model: Path, photos: Pat
     assert saved["config"] == first["config"]  # width and blocks come from the file, not the options
     assert all(torch.equal(saved["state_dict"][k], v) for k, v in first["state_dict"].items())  # lr 0: unchanged
     with pytest.raises(BadInputError, match="made for model"):
-        train_context(ContextOptions(**{**opts.__dict__, "steps": STEPS - 1}), log=lambda line: None)
+        train_context(replace(opts, steps=STEPS - 1), log=lambda line: None)
 
 
 def test_channel_means_read_only_earlier_channels() -> None:

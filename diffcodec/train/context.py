@@ -94,7 +94,7 @@ def _initial_net(opts: ContextOptions, model_hash: bytes, steps: int) -> Context
         with torch.random.fork_rng():  # the initial weights come from the seed, not from the caller's random state
             torch.manual_seed(opts.seed)
             return ContextNet(ContextConfig(opts.width, opts.blocks))
-    start = load_context(opts.init, b"")
+    start = load_context(opts.init, b"")  # its file hash names coded chunks only: not needed to train
     if start.model_hash != model_hash or start.steps != steps:
         raise BadInputError(f"--init {opts.init}: made for model {start.model_hash.hex()} at T = {start.steps}, "
                             f"not {model_hash.hex()} at T = {steps}")
