@@ -127,7 +127,8 @@ def train_context(opts: ContextOptions, log: Callable[[str], None] = print,
     net = _initial_net(opts, loaded.weights_hash, steps)
     opt = torch.optim.Adam(net.parameters(), opts.lr)
     factorised, bits = held_out_bits(net, val_end, val_pix)
-    log(f"held-out pixel bits per sub-pixel: factorised {factorised:.4f}" + (f", --init {bits:.4f}" if opts.init else ""))
+    from_init = f", --init {bits:.4f}" if opts.init else ""
+    log(f"held-out pixel bits per sub-pixel: factorised {factorised:.4f}{from_init}")
     for it in range(opts.iters):
         for group in opt.param_groups:  # cosine from lr to lr / 10
             group["lr"] = opts.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / opts.iters)))
