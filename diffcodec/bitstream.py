@@ -29,6 +29,7 @@ from diffcodec.errors import BadInputError, BitstreamError
 __all__ = [
     "CHUNK_FRAME_SIZE",
     "CODER_CONTEXT",
+    "CODER_CONTEXT_SCALED",
     "CODER_REC",
     "CODER_UQ",
     "CODERS",
@@ -54,7 +55,9 @@ FORMAT_VERSION = 2
 CODER_UQ = 1
 CODER_REC = 2
 CODER_CONTEXT = 3
-CODERS: dict[int, str] = {CODER_UQ: "uq", CODER_REC: "rec", CODER_CONTEXT: "context"}
+CODER_CONTEXT_SCALED = 4
+CODERS: dict[int, str] = {CODER_UQ: "uq", CODER_REC: "rec", CODER_CONTEXT: "context",
+                          CODER_CONTEXT_SCALED: "context-scaled"}
 """Chunk coder ids -> names. Ids are stable and never reused; new coders get new ids."""
 
 MODES: dict[str, int] = {"RGB": 1, "L": 2, "P": 3, "1": 4}

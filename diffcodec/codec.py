@@ -25,7 +25,8 @@ from PIL import Image
 from . import rng
 from .determinism import one_thread
 from .tiling import predict_tiled
-from .bitstream import CODER_CONTEXT, CODER_UQ, CODERS, Chunk, Header, Stream, read_stream, rung_check, write_stream
+from .bitstream import (CODER_CONTEXT, CODER_CONTEXT_SCALED, CODER_UQ, CODERS, Chunk, Header, Stream, read_stream,
+                        rung_check, write_stream)
 from .context import CONTEXT_FILE, GROUPS, HASH_SIZE, ChainEnd, PixelContext, decode_pixels, encode_pixels
 from .entropy import decode_symbols
 from .rec.coder import TARGET_BITS
@@ -51,6 +52,9 @@ RECONS = ("denoise", "flow", "ancestral")
 MAX_PIXELS = 2**28
 """Largest H x W the decoder accepts by default (`max_pixels=`, `--max-pixels`): a header claiming more is
 refused before anything is allocated."""
+CONTEXT_CODERS = (CODER_CONTEXT, CODER_CONTEXT_SCALED)
+"""Coders of a lossless chunk under the pixel context: the encoder writes the second; the first (no scale bytes)
+still decodes."""
 Progress = Callable[[int, int], None]  # (done, total) after each network call
 
 
@@ -191,11 +195,12 @@ class _Ladder:
         self.timer.network += time.perf_counter() - t - sum(coded.clock.values())
         return coded, nelbo
 
-    def decode_pixels(self, payload: bytes, context: PixelContext) -> np.ndarray:
+    def decode_pixels(self, payload: bytes, context: PixelContext, with_scales: bool) -> np.ndarray:
         """context.decode_pixels at z_T, timed like `encode_pixels`."""
         t, before = time.perf_counter(), sum(self.timer.clock.values())
         with torch.no_grad(), one_thread():
-            pixels = decode_pixels(context, self.chain_end(), payload, self.timer.clock, self.tick)
+            pixels = decode_pixels(context, self.chain_end(), payload, self.timer.clock, self.tick,
+                                   with_scales=with_scales)
         self.timer.network += time.perf_counter() - t - (sum(self.timer.clock.values()) - before)
         return pixels
 
@@ -302,7 +307,7 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
     for clock in [c.clock for c in done] + [discarded]:
         for phase, seconds in clock.items():
             timer.clock[phase] += seconds
-    coder_ids = [c.coder_id for c in coders] + [CODER_UQ if pixel_context is None else CODER_CONTEXT]
+    coder_ids = [c.coder_id for c in coders] + [CODER_UQ if pixel_context is None else CODER_CONTEXT_SCALED]
     data = write_stream(header, [Chunk(i, c.payload, check) for i, c, check in zip(coder_ids, done, checks)])
     bits = [c.bits for c in done]
     kls = [None, *kls, None]
@@ -385,7 +390,7 @@ def open_stream(data: bytes, model: str | Path | None = None, device: str = "cpu
     for i, chunk in enumerate(stream.chunks):
         if i < stream.header.steps:
             receiver(chunk.coder, i)  # raises for a coder that cannot send a step
-        elif chunk.coder not in (CODER_UQ, CODER_CONTEXT):
+        elif chunk.coder not in (CODER_UQ, *CONTEXT_CODERS):
             raise BitstreamError(f"chunk {i}: coder {CODERS.get(chunk.coder, chunk.coder)!r} cannot send the lossless chunk")
     return stream, loaded
 
@@ -420,7 +425,7 @@ def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, mod
     h, w = stream.header.height, stream.header.width
     T = stream.header.steps
     pixel_context = None
-    if last > T and stream.chunks[T].coder == CODER_CONTEXT:  # refused before any work if it cannot be decoded
+    if last > T and stream.chunks[T].coder in CONTEXT_CODERS:  # refused before any work if it cannot be decoded
         pixel_context = _check_context(loaded, stream.chunks[T].payload, T)
     ladder = _Ladder(loaded, T, stream.header.seed, h, w, timer or Timer(), progress,
                      len(GROUPS) if pixel_context else 0)
@@ -446,7 +451,7 @@ def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, mod
             ladder.advance(receiver(chunk.coder, i).receive(ladder.step_context(), chunk.payload))
             pixels = shown(i + 1)
         elif pixel_context is not None:
-            pixels = ladder.decode_pixels(chunk.payload, pixel_context)
+            pixels = ladder.decode_pixels(chunk.payload, pixel_context, chunk.coder == CODER_CONTEXT_SCALED)
             _verify(i + 1, pixels, chunk.check)
         else:
             m, b = ladder.pixel_model()

@@ -6,9 +6,13 @@ Group g holds the pixels at (row, column) = GROUPS[g] modulo 2. For group g the 
     m' = m + MEAN_STEP dm,  b' = b exp(dlog_b),  kappa = tanh(raw)
     m'_G <- m'_G + kappa_1 (x_R - m'_R),  m'_B <- m'_B + kappa_2 (x_R - m'_R) + kappa_3 (x_G - m'_G)
 
-so within a pixel G is coded given R, and B given R and G. The payload is the 8-byte hash of the context file,
-then for group 0 R, G, B, group 1 R, G, B, ... one range-coded block each (u32le length, then the bytes of
-entropy.encode_symbols); the decoder has every mean before it needs it.
+so within a pixel G is coded given R, and B given R and G. The encoder then rescales each group's and channel's
+b' by the s_k = 1/2 + k / 256 (a byte k, 128 for s = 1) that makes that channel's pixels cheapest: a per-image
+correction of the network's confidence, exact in float32 so both sides compute the same b' s_k.
+
+The payload is the 8-byte hash of the context file, the 12 scale bytes (group 0 R, G, B, group 1 R, G, B, ...), then
+in the same order one range-coded block each (u32le length, then the bytes of entropy.encode_symbols); the decoder
+has every mean and scale before it needs it. The first chunk layout (coder `context`) has no scale bytes: s = 1.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ GROUPS = ((0, 0), (1, 1), (0, 1), (1, 0))
 MEAN_STEP = 8.0  # pixel units per unit of the network's mean output
 CONTEXT_FILE = "context.pt"  # beside a model file: its pixel context network
 HASH_SIZE = 8
+SCALE_ZERO = 128  # the scale byte of s = 1
+_SEARCH = ((16, 8), (4, 3), (1, 3))  # (step, reach) of each round of the scale search
 _LENGTH = struct.Struct("<I")
 
 
@@ -124,6 +130,26 @@ def context_bits(net: ContextNet, end: ChainEnd, pixels: Tensor, g: int) -> Tens
     return pixel_bits(pixels, mean, b)
 
 
+def scaled(b: Tensor, k: Tensor) -> Tensor:
+    """b' s_k with s_k = 1/2 + k / 256, per channel: b (3, n), k (3,) scale bytes."""
+    return b * (0.5 + k.to(b) / 256).unsqueeze(1)
+
+
+def best_scales(x: Tensor, mean: Tensor, b: Tensor) -> Tensor:
+    """The scale byte k (3,) of each channel of x (3, n) whose b' s_k (nearly) minimises -log2 P(x): rounds of steps
+    16, 4 and 1 around the best k so far, from SCALE_ZERO; a tie keeps the k found first."""
+    best = torch.full((3,), SCALE_ZERO, device=x.device)
+    best_bits = pixel_bits(x, mean, b).double().sum(1)
+    for step, reach in _SEARCH:
+        centre = best
+        for j in range(-reach, reach + 1):
+            k = (centre + j * step).clamp(0, 255)
+            bits = pixel_bits(x, mean, scaled(b, k)).double().sum(1)
+            better = bits < best_bits
+            best, best_bits = torch.where(better, k, best), torch.where(better, bits, best_bits)
+    return best
+
+
 def _gather(t: Tensor, mask: Tensor) -> Tensor:
     """(1, 3, H, W) -> (3, n): the sub-pixels of the masked pixels, row-major."""
     return t[0][:, mask]
@@ -134,7 +160,7 @@ def encode_pixels(context: PixelContext, end: ChainEnd, pixels: Tensor,
     """The lossless chunk for pixels (1, 3, H, W) uint8: its payload and its information content, and the
     bits of the float model (for the NELBO); `after_group` is called after each group's network pass."""
     h, w = pixels.shape[-2:]
-    parts, bits, nelbo, clock = [context.weights_hash], 0.0, 0.0, {"tables": 0.0, "coder": 0.0}
+    scales, blocks, bits, nelbo, clock = [], [], 0.0, 0.0, {"tables": 0.0, "coder": 0.0}
     for g in range(len(GROUPS)):
         mask = group_mask(g, h, w, pixels.device)
         m, b, kappa = (_gather(t, mask) for t in group_logistics(context.net, end, pixels, g))
@@ -142,28 +168,37 @@ def encode_pixels(context: PixelContext, end: ChainEnd, pixels: Tensor,
             after_group()
         x = _gather(pixels, mask)
         mean = channel_means(m, kappa, x.float())
+        k = best_scales(x, mean, b)
+        b = scaled(b, k)
+        scales += k.tolist()
         nelbo += float(pixel_bits(x, mean, b).double().sum())
         for c in range(3):
             coded = code_symbols(x[c].long().cpu().numpy(), mean[c].contiguous(), b[c].contiguous(), lo=0, hi=255)
-            parts += [_LENGTH.pack(len(coded.payload)), coded.payload]
+            blocks += [_LENGTH.pack(len(coded.payload)), coded.payload]
             bits += coded.bits
             for phase, seconds in coded.clock.items():
                 clock[phase] += seconds
-    return Coded(b"".join(parts), bits, clock), nelbo
+    return Coded(b"".join([context.weights_hash, bytes(scales), *blocks]), bits, clock), nelbo
 
 
 def decode_pixels(context: PixelContext, end: ChainEnd, payload: bytes, clock: dict[str, float],
-                  after_group: Callable[[], None] | None = None) -> np.ndarray:
-    """The pixels (H, W, 3) uint8 from a lossless chunk of `encode_pixels` (`after_group` as there)."""
+                  after_group: Callable[[], None] | None = None, *, with_scales: bool = True) -> np.ndarray:
+    """The pixels (H, W, 3) uint8 from a lossless chunk of `encode_pixels` (`after_group` as there); without
+    `with_scales`, from the first layout, which has no scale bytes (s = 1)."""
     if payload[:HASH_SIZE] != context.weights_hash:
         raise BitstreamError(f"the lossless chunk was coded with pixel context {payload[:HASH_SIZE].hex()}, "
                              f"not this model's {context.weights_hash.hex()}")
+    n_scales = 3 * len(GROUPS)
+    scales = payload[HASH_SIZE : HASH_SIZE + n_scales] if with_scales else bytes([SCALE_ZERO] * n_scales)
+    if len(scales) < n_scales:
+        raise BitstreamError("the lossless chunk ends in its scales: it is corrupt")
     h, w = end.z.shape[-2:]
     pixels = torch.zeros(1, 3, h, w, dtype=torch.uint8, device=end.z.device)
-    pos = HASH_SIZE
+    pos = HASH_SIZE + (n_scales if with_scales else 0)
     for g in range(len(GROUPS)):
         mask = group_mask(g, h, w, pixels.device)
         m, b, kappa = (_gather(t, mask) for t in group_logistics(context.net, end, pixels, g))
+        b = scaled(b, torch.tensor(list(scales[3 * g : 3 * g + 3]), device=b.device))
         if after_group:
             after_group()
         x = torch.zeros_like(m)

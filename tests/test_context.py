@@ -13,11 +13,12 @@ from typer.testing import CliRunner
 
 import diffcodec
 from diffcodec import context as ctx
-from diffcodec.bitstream import CODER_CONTEXT, CODER_UQ, read_stream
+from diffcodec.bitstream import CODER_CONTEXT, CODER_CONTEXT_SCALED, CODER_UQ, Chunk, read_stream, write_stream
 from diffcodec.cli import app
 from diffcodec.errors import BadInputError, BitstreamError, ModelError
 from diffcodec.train import context as ctx_train
 from diffcodec.train.context import ContextOptions, train_context
+from diffcodec.uqdm import pixel_bits
 from diffcodec.zoo import load_model
 
 from conftest import DATA, DEFAULT_WEIGHTS, KODIM01, KODIM15, KODIM20, SAMPLE, rgb_pixels
@@ -69,7 +70,7 @@ def test_lossless_round_trip_through_the_context_chunk(context_model: Path, imag
     data = diffcodec.encode(pixels, model=context_model, seed=3)
     plain = diffcodec.encode(pixels, model=context_model, seed=3, context=False)
     chunks, plain_chunks = read_stream(data).chunks, read_stream(plain).chunks
-    assert chunks[-1].coder == CODER_CONTEXT and plain_chunks[-1].coder == CODER_UQ
+    assert chunks[-1].coder == CODER_CONTEXT_SCALED and plain_chunks[-1].coder == CODER_UQ
     assert chunks[:-1] == plain_chunks[:-1]  # the steps are the same; only the lossless chunk differs
     assert len(data) < len(plain)
     assert np.array_equal(diffcodec.decode(data, model=context_model), pixels)
@@ -135,7 +136,8 @@ def test_a_corrupt_context_payload_is_an_error(context_model: Path) -> None:
     assert loaded.context is not None
     h, w = rgb_pixels(KODIM15).shape[:2]
     end = ctx.ChainEnd(*(torch.zeros(1, 3, h, w) for _ in range(5)))
-    for bad in (payload[:10], payload[:20], payload + b"\0"):  # cut in a length, cut in a block, one byte more
+    # cut in the scales, in a length, in a block; one byte more
+    for bad in (payload[:10], payload[:22], payload[:30], payload + b"\0"):
         with pytest.raises(BitstreamError):
             ctx.decode_pixels(loaded.context, end._replace(s_hat=torch.ones(1, 3, h, w), b=torch.ones(1, 3, h, w)),
                               bad, {"tables": 0.0, "coder": 0.0})
@@ -152,6 +154,31 @@ def test_training_can_start_from_a_context_file(context_model: Path, photos: Pat
     assert all(torch.equal(saved["state_dict"][k], v) for k, v in first["state_dict"].items())  # lr 0: unchanged
     with pytest.raises(BadInputError, match="made for model"):
         train_context(replace(opts, steps=STEPS - 1), log=lambda line: None)
+
+
+def test_the_encoder_finds_the_scale_that_makes_the_pixels_cheapest() -> None:
+    gen = torch.Generator().manual_seed(0)
+    mean, b = 255 * torch.rand(3, 4000, generator=gen), 1 + 4 * torch.rand(3, 4000, generator=gen)
+    true = torch.tensor([0.75, 1.0, 1.375])  # the network's b is off by these factors: k = 64, 128, 224
+    u = torch.rand(3, 4000, generator=gen).clamp(1e-6, 1 - 1e-6)
+    x = (mean + b * true[:, None] * torch.log(u / (1 - u))).round().clamp(0, 255).to(torch.uint8)  # logistic draws
+    k = ctx.best_scales(x, mean, b)
+    assert (k - torch.tensor([64, 128, 224])).abs().max() <= 12
+    bits = [float(pixel_bits(x, mean, ctx.scaled(b, kk)).sum()) for kk in (k, torch.full((3,), ctx.SCALE_ZERO))]
+    assert bits[0] < bits[1]
+    assert torch.equal(ctx.scaled(b, torch.full((3,), ctx.SCALE_ZERO)), b)  # k = 128 is exactly s = 1
+
+
+def test_the_first_context_layout_still_decodes(context_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `context` chunk (no scale bytes, s = 1), as the encoder wrote before the scales, decodes exactly."""
+    monkeypatch.setattr(ctx, "best_scales", lambda x, mean, b: torch.full((3,), ctx.SCALE_ZERO))
+    pixels = rgb_pixels(KODIM15)
+    stream = read_stream(diffcodec.encode(pixels, model=context_model, seed=3))
+    last = stream.chunks[-1]
+    assert last.payload[ctx.HASH_SIZE : ctx.HASH_SIZE + 12] == bytes([ctx.SCALE_ZERO] * 12)
+    first = Chunk(CODER_CONTEXT, last.payload[: ctx.HASH_SIZE] + last.payload[ctx.HASH_SIZE + 12 :], last.check)
+    old = write_stream(stream.header, [*stream.chunks[:-1], first])
+    assert np.array_equal(diffcodec.decode(old, model=context_model), pixels)
 
 
 def test_channel_means_read_only_earlier_channels() -> None:
@@ -176,7 +203,7 @@ def test_train_context_cli_refuses_bad_input(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "even" in result.output
 
 
-@pytest.mark.parametrize(("flag", "coder"), [("--context", CODER_CONTEXT), ("--no-context", CODER_UQ)])
+@pytest.mark.parametrize(("flag", "coder"), [("--context", CODER_CONTEXT_SCALED), ("--no-context", CODER_UQ)])
 def test_encode_cli_context_flag(context_model: Path, tmp_path: Path, flag: str, coder: int) -> None:
     out = tmp_path / "x.dcz"
     result = CliRunner().invoke(app, ["encode", str(KODIM15), "-o", str(out), "--model", str(context_model),
