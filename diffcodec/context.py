@@ -41,6 +41,7 @@ MEAN_STEP = 8.0  # pixel units per unit of the network's mean output
 CONTEXT_FILE = "context.pt"  # beside a model file: its pixel context network
 HASH_SIZE = 8
 SCALE_ZERO = 128  # the scale byte of s = 1
+SCALE_BYTES = 3 * len(GROUPS)  # one scale byte per group and channel
 _SEARCH = ((16, 8), (4, 3), (1, 3))  # (step, reach) of each round of the scale search
 _LENGTH = struct.Struct("<I")
 
@@ -142,7 +143,7 @@ def best_scales(x: Tensor, mean: Tensor, b: Tensor) -> Tensor:
     best_bits = pixel_bits(x, mean, b).double().sum(1)
     for step, reach in _SEARCH:
         centre = best
-        for j in range(-reach, reach + 1):
+        for j in [*range(-reach, 0), *range(1, reach + 1)]:  # not j = 0: the centre's bits are known
             k = (centre + j * step).clamp(0, 255)
             bits = pixel_bits(x, mean, scaled(b, k)).double().sum(1)
             better = bits < best_bits
@@ -188,13 +189,12 @@ def decode_pixels(context: PixelContext, end: ChainEnd, payload: bytes, clock: d
     if payload[:HASH_SIZE] != context.weights_hash:
         raise BitstreamError(f"the lossless chunk was coded with pixel context {payload[:HASH_SIZE].hex()}, "
                              f"not this model's {context.weights_hash.hex()}")
-    n_scales = 3 * len(GROUPS)
-    scales = payload[HASH_SIZE : HASH_SIZE + n_scales] if with_scales else bytes([SCALE_ZERO] * n_scales)
-    if len(scales) < n_scales:
+    pos = HASH_SIZE + (SCALE_BYTES if with_scales else 0)  # the first block
+    scales = payload[HASH_SIZE:pos] if with_scales else bytes([SCALE_ZERO] * SCALE_BYTES)
+    if len(scales) < SCALE_BYTES:
         raise BitstreamError("the lossless chunk ends in its scales: it is corrupt")
     h, w = end.z.shape[-2:]
     pixels = torch.zeros(1, 3, h, w, dtype=torch.uint8, device=end.z.device)
-    pos = HASH_SIZE + (n_scales if with_scales else 0)
     for g in range(len(GROUPS)):
         mask = group_mask(g, h, w, pixels.device)
         m, b, kappa = (_gather(t, mask) for t in group_logistics(context.net, end, pixels, g))
