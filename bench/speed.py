@@ -1,5 +1,5 @@
-"""Speed of the codec per image: seconds of network, tables and coder (encode and decode), symbols/s, peak memory,
-and the encode again with the coding overlapped with the network (`overlap=True`: same bytes, checked).
+"""Speed of the codec per image: seconds of network, REC search, tables and coder (encode and decode), symbols/s,
+peak memory, and the encode again with the coding overlapped with the network (`overlap=True`: same bytes, checked).
 
     PYTHONPATH=. python bench/speed.py /work/shared/data/kodak --limit 3 --threads 1
 
@@ -74,9 +74,10 @@ def main() -> None:
         for row in pool.imap(_one, [(str(p), args.model, args.device, args.threads) for p in paths]):
             rows.append(row)
             e, d = row["encode"], row["decode"]
-            print(f"{row['image']}: encode {e['total']:.2f} s (network {e['network']:.2f}, tables {e['tables']:.3f}, "
-                  f"coder {e['coder']:.3f}; {100 * row['encode_tables_coder_share']:.1f}%), decode {d['total']:.2f} s "
-                  f"(network {d['network']:.2f}, tables {d['tables']:.3f}, coder {d['coder']:.3f}; "
+            print(f"{row['image']}: encode {e['total']:.2f} s (network {e['network']:.2f}, rec {e['rec']:.2f}, tables "
+                  f"{e['tables']:.3f}, coder {e['coder']:.3f}; {100 * row['encode_tables_coder_share']:.1f}%), decode "
+                  f"{d['total']:.2f} s (network {d['network']:.2f}, rec {d['rec']:.2f}, tables {d['tables']:.3f}, "
+                  f"coder {d['coder']:.3f}; "
                   f"{100 * row['decode_tables_coder_share']:.1f}%), coder {row['coder_symbols_per_s']['encode'] / 1e6:.0f}"
                   f"/{row['coder_symbols_per_s']['decode'] / 1e6:.0f} M symbols/s, file/ideal - 1 = "
                   f"{100 * row['file_over_ideal']:.4f}%, peak RSS {row['peak_rss_mib']:.0f} MiB, lossless {row['lossless']}; "

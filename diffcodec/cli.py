@@ -29,7 +29,7 @@ from .bitstream import CODERS, read_stream
 from .errors import BadInputError, DiffcodecError
 from .image import to_pil
 from .train.command import train_command, train_context_command
-from .zoo import DEFAULT_MODEL
+from .zoo import DEFAULT_MODEL, load_model
 
 app = typer.Typer(
     help="diffcodec: a progressive image codec built on a diffusion model. One file holds a ladder of "
@@ -185,13 +185,15 @@ def encode(
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**63 - 1, help="shared seed (default: random)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object with bytes, bits, timings and rungs"),
     force: bool = typer.Option(False, "--force", "-f", help="overwrite OUT if it exists"),
-    coder: Coder = typer.Option(Coder.uq, "--coder", help="how steps are sent: uq (universal quantization), rec "
-                                "(shared-seed relative entropy coding, slow at late steps), hybrid (rec for the first "
-                                "--rec-steps steps, then uq); recorded in the file"),
-    rec_steps: Optional[int] = typer.Option(None, "--rec-steps", min=0, help="with --coder hybrid: steps sent by rec "
-                                            "(default: half of them)"),
-    posterior: Posterior = typer.Option(Posterior.uniform, "--posterior", help="posterior sent by rec: uniform (the "
-                                        "UQDM step) or gaussian (a Gaussian step with the same network)"),
+    coder: Optional[Coder] = typer.Option(None, "--coder", help="how steps are sent: uq (universal quantization), "
+                                          "rec (shared-seed relative entropy coding, slow at late steps), hybrid (rec "
+                                          "for the first --rec-steps steps, then uq); recorded in the file (default: "
+                                          "the model's choice: hybrid, 4 gaussian rec steps, for the default model)"),
+    rec_steps: Optional[int] = typer.Option(None, "--rec-steps", min=0, help="with hybrid: steps sent by rec "
+                                            "(default: the model's choice, else half of them)"),
+    posterior: Optional[Posterior] = typer.Option(None, "--posterior", help="posterior sent by rec: uniform (the "
+                                                  "UQDM step) or gaussian (a Gaussian step with the same network; "
+                                                  "far fewer bits at the early, noisy steps)"),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="code the first N of the model's diffusion steps, "
                                         "then the pixels: N + 2 rungs (default: the model's choice, 5 of 8 for the "
                                         "default model, whose pixel context is fitted for 5; 6, 7 and 8 add rungs near "
@@ -205,15 +207,19 @@ def encode(
 ) -> None:
     """Compress IMAGE into one progressive file; every prefix of whole chunks decodes."""
     target = out or image.with_suffix(".dcz")
-    if rec_steps is not None and coder != Coder.hybrid:
-        raise typer.BadParameter("only applies with --coder hybrid", param_hint="--rec-steps")
-    if posterior != Posterior.uniform and coder == Coder.uq:
-        raise typer.BadParameter("a gaussian posterior needs --coder rec or hybrid", param_hint="--posterior")
     _check_writable(target, force)
+    default = load_model(model, codec.resolve_device(device)).coding
+    chosen = coder.value if coder is not None else default.coder
+    if rec_steps is not None and chosen != Coder.hybrid.value:
+        raise typer.BadParameter(f"only applies to the hybrid coder (this run's coder: {chosen})",
+                                 param_hint="--rec-steps")
+    if posterior == Posterior.gaussian and chosen == Coder.uq.value:
+        raise typer.BadParameter("a gaussian posterior needs --coder rec or hybrid", param_hint="--posterior")
     with _progress("encoding", not as_json) as progress:
         result = codec.encode_report(image, model=model, seed=seed, device=codec.resolve_device(device),
-                                     progress=progress, coder=coder.value, rec_steps=rec_steps,
-                                     posterior=posterior.value, steps=steps, overlap=overlap, context=context)
+                                     progress=progress, coder=coder and coder.value, rec_steps=rec_steps,
+                                     posterior=posterior and posterior.value, steps=steps, overlap=overlap,
+                                     context=context)
     _write_atomic(target, lambda p: p.write_bytes(result.data))
     if as_json:
         print(json.dumps({

@@ -29,8 +29,7 @@ from .bitstream import (CODER_CONTEXT, CODER_CONTEXT_SCALED, CODER_UQ, CODERS, C
                         rung_check, write_stream)
 from .context import CONTEXT_FILE, GROUPS, HASH_SIZE, ChainEnd, PixelContext, decode_pixels, encode_pixels
 from .entropy import decode_symbols
-from .rec.coder import TARGET_BITS
-from .steps import Coded, StepContext, code_symbols, flat, receiver, start, step_coders
+from .steps import Coded, StepContext, code_symbols, flat, receiver, start
 from .errors import BadInputError, BitstreamError, ModelError
 from .image import SourceImage, load_image, to_pil
 from .uqdm import (
@@ -232,8 +231,8 @@ def _pixels_tensor(src: SourceImage, device: torch.device) -> torch.Tensor:
 
 def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Path = DEFAULT_MODEL,
                   seed: int | None = None, device: str = "cpu", progress: Progress | None = None,
-                  coder: str = "uq", rec_steps: int | None = None, posterior: str = "uniform",
-                  rec_bits: int = TARGET_BITS, steps: int | None = None, *, overlap: bool = False,
+                  coder: str | None = None, rec_steps: int | None = None, posterior: str | None = None,
+                  rec_bits: int | None = None, steps: int | None = None, *, overlap: bool = False,
                   context: bool = True) -> EncodeResult:
     """Encode an image into a diffcodec file and report every rung's bytes, bits, KL and PSNR (denoise).
 
@@ -243,7 +242,9 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
 
     coder: "uq" (universal quantization), "rec" (shared-seed REC for every step) or "hybrid" (REC for the first
     `rec_steps` steps, default T // 2, then UQ); REC sends the `posterior` family ("uniform" or "gaussian") in
-    chunks of about `rec_bits` bits. The decoder reads the choice from the file.
+    chunks of about `rec_bits` bits. Each left None takes the model's default (its codec.json: the default model
+    sends its first 4 steps as Gaussian REC steps, then UQ; `steps.Coding.override`). The decoder reads the choice
+    from the file.
 
     context: code the pixels with the model's pixel context network (context.pt) when it has one for T steps
     (four checkerboard groups, each pixel's G given R and B given R and G: a smaller lossless rung, four more
@@ -259,7 +260,7 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
     T = loaded.default_steps if steps is None else steps
     if not (isinstance(T, int) and 1 <= T <= loaded.model.steps):
         raise BadInputError(f"steps must be in [1, {loaded.model.steps}] for model {loaded.name!r}, got {T!r}")
-    coders = step_coders(T, coder, rec_steps, posterior, rec_bits)
+    coders = loaded.coding.override(coder, rec_steps, posterior, rec_bits).coders(T)
     seed = secrets.randbits(63) if seed is None else int(seed)
     h, w = src.pixels.shape[:2]
     # validates every field before any work; the rung-0 check is known once the ladder has started
@@ -322,7 +323,7 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
 
 def encode(image: str | Path | Image.Image | np.ndarray, model: str | Path = DEFAULT_MODEL,
            seed: int | None = None, device: str = "cpu", progress: Progress | None = None,
-           coder: str = "uq", rec_steps: int | None = None, posterior: str = "uniform",
+           coder: str | None = None, rec_steps: int | None = None, posterior: str | None = None,
            steps: int | None = None, *, overlap: bool = False, context: bool = True) -> bytes:
     """Encode an image (path, PIL image or uint8 array) into the bytes of a diffcodec file
     (coder, rec_steps, posterior, steps, overlap and context as in `encode_report`)."""

@@ -30,6 +30,11 @@ def chunk_generator(seed: int, purpose: int, step: int, chunk: int) -> np.random
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, purpose, step, chunk])))
 
 
+def unit_doubles(raw: np.ndarray) -> np.ndarray:
+    """The doubles in [0, 1) that `Generator.random()` makes of raw 64-bit PCG64 draws: (r >> 11) 2^-53."""
+    return (raw >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
 def uniform(seed: int, purpose: int, step: int, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
     """v ~ U[0, 1)^shape (float32) for the given purpose and step."""
     v = _generator(seed, purpose, step).random(int(np.prod(shape)), dtype=np.float32)

@@ -12,12 +12,14 @@ from pathlib import Path
 import torch
 
 from .context import CONTEXT_FILE, PixelContext, load_context
-from .errors import ModelError
+from .errors import BadInputError, ModelError
+from .steps import Coding
 from .uqdm import UQDM, ModelConfig
 
 DEFAULT_MODEL = "default"
 WEIGHTS_FILE = "model.pt"
-CODEC_FILE = "codec.json"  # beside a model file: the encoder's defaults for it, e.g. {"steps": 6}
+CODEC_FILE = "codec.json"  # beside a model file: the encoder's defaults for it, e.g. {"steps": 6, "coder": "uq"}
+CODEC_KEYS = {"steps", *Coding.__dataclass_fields__}
 
 
 def weights_dirs() -> list[Path]:
@@ -35,6 +37,7 @@ class LoadedModel:
     path: Path
     model: UQDM
     default_steps: int  # how many of the model's steps a file codes unless told (codec.json, else all)
+    coding: Coding  # how the encoder sends the steps unless told (codec.json, else plain UQ)
     context: PixelContext | None = None  # the pixel context network beside the model file (context.pt), if any
 
 
@@ -83,19 +86,40 @@ def load_file(path: Path, device: str | torch.device = "cpu") -> UQDM:
     return model.to(device).eval().requires_grad_(False)
 
 
+def _codec_file(path: Path) -> dict:
+    """The codec.json beside a model file as a dict ({} when there is none)."""
+    sidecar = path.parent / CODEC_FILE
+    if not sidecar.is_file():
+        return {}
+    try:
+        entries = json.loads(sidecar.read_text())
+    except ValueError as e:
+        raise ModelError(f"{sidecar}: not a codec file ({type(e).__name__}: {e})") from None
+    if not isinstance(entries, dict) or not set(entries) <= CODEC_KEYS:
+        raise ModelError(f"{sidecar}: a codec file is one JSON object with entries among "
+                         f"{', '.join(sorted(CODEC_KEYS))}")
+    return entries
+
+
 def default_steps(path: Path, model: UQDM) -> int:
     """The encoder's step count for a model: `steps` of the codec.json beside its file, else all its steps.
     (A file records its step count, so this default never changes how a file decodes.)"""
-    sidecar = path.parent / CODEC_FILE
-    if not sidecar.is_file():
-        return model.steps
-    try:
-        steps = json.loads(sidecar.read_text())["steps"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ModelError(f"{sidecar}: not a codec file with a 'steps' entry ({type(e).__name__}: {e})") from None
+    steps = _codec_file(path).get("steps", model.steps)
     if not isinstance(steps, int) or not 1 <= steps <= model.steps:
-        raise ModelError(f"{sidecar}: steps must be an integer in [1, {model.steps}], got {steps!r}")
+        raise ModelError(f"{path.parent / CODEC_FILE}: steps must be an integer in [1, {model.steps}], got {steps!r}")
     return steps
+
+
+def default_coding(path: Path, model: UQDM) -> Coding:
+    """How the encoder sends a model's steps unless told: the coder entries of its codec.json, else plain UQ.
+    (A file records its coder per chunk, so this default never changes how a file decodes.)"""
+    entries = {k: v for k, v in _codec_file(path).items() if k != "steps"}
+    try:
+        coding = Coding(**entries)
+        coding.coders(default_steps(path, model))
+    except (BadInputError, TypeError) as e:
+        raise ModelError(f"{path.parent / CODEC_FILE}: {e}") from None
+    return coding
 
 
 @lru_cache(maxsize=4)
@@ -104,7 +128,8 @@ def _load_cached(path: str, mtime: float, context_mtime: float | None, device: s
     name = p.parent.name if p.name == WEIGHTS_FILE else p.stem
     model = load_file(p, device)
     digest = weights_hash(p)
-    return LoadedModel(name, digest, p, model, default_steps(p, model), find_context(p, digest, device))
+    return LoadedModel(name, digest, p, model, default_steps(p, model), default_coding(p, model),
+                       find_context(p, digest, device))
 
 
 def find_context(path: Path, model_hash: bytes, device: str | torch.device = "cpu") -> PixelContext | None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +18,14 @@ from test_cli import cli, ok, strict_json
 from diffcodec import codec
 from diffcodec.bitstream import CODER_REC, CODER_UQ, read_stream
 from diffcodec.entropy.index import decode_indices, encode_indices
-from diffcodec.errors import BadInputError, BitstreamError
+from diffcodec.errors import BadInputError, BitstreamError, ModelError
+from diffcodec import rng
 from diffcodec.rec import StepPrior, decode_step, encode_step
-from diffcodec.rec.family import kl_bits
-from diffcodec.rec.score import score_cpu, score_reference
-from diffcodec.steps import step_coders
+from diffcodec.rec.coder import _select, _select_screened
+from diffcodec.rec.family import candidates, kl_bits
+from diffcodec.rec.score import GaussianScreen, score_cpu, score_reference
+from diffcodec.steps import Coding, step_coders
+from diffcodec.zoo import CODEC_FILE
 
 FAMILIES = ("uniform", "gaussian")
 CROP = rgb_pixels(KODIM20)[:12, :16]  # 576 sub-pixels: REC of the tiny random model stays fast
@@ -62,6 +67,34 @@ def test_triton_score_matches_the_reference(family: str, monkeypatch: pytest.Mon
     if torch.cuda.is_available():
         p, mu_q, z = StepPrior(p.mu_p.cuda(), p.sigma_p.cuda(), p.delta.cuda()), mu_q.cuda(), z.cuda()
     torch.testing.assert_close(score_triton(family, z, p, mu_q).cpu(), expected, rtol=1e-12, atol=1e-9)
+
+
+def test_raw_draws_give_the_generators_doubles() -> None:
+    a = rng.chunk_generator(7, rng.REC_CANDIDATES, 2, 3)
+    b = rng.chunk_generator(7, rng.REC_CANDIDATES, 2, 3)
+    assert np.array_equal(rng.unit_doubles(a.bit_generator.random_raw(1000)), b.random(1000))
+
+
+def test_gaussian_screen_scores_as_the_exact_score_does() -> None:
+    p, mu_q = toy_step(300)
+    raw = rng.chunk_generator(0, rng.REC_CANDIDATES, 0, 0).bit_generator.random_raw((64, 300))
+    exact = score_cpu("gaussian", candidates("gaussian", p, torch.from_numpy(rng.unit_doubles(raw))[:, None]), p, mu_q)
+    screen = GaussianScreen(p, mu_q)
+    offset = exact.numpy() - screen.exact(raw, 0, 300)  # the chunk's constant: the same for every candidate
+    assert np.ptp(offset) < 1e-8
+    error = np.abs(screen.rough(raw, 0, 300) + offset[0] - exact.numpy())
+    v = rng.unit_doubles(raw)
+    inner = ((v > 2.0**-15) & (v < 1 - 2.0**-15)).all(axis=1)  # rows with no draw in the table's outermost bins
+    spread = np.ptp(exact.numpy())
+    assert inner.sum() > 50 and error[inner].max() < 1e-3 * spread and error.max() < 1e-2 * spread
+
+
+def test_screened_search_picks_what_the_exact_search_picks() -> None:
+    p, mu_q = toy_step(4000, seed=2)
+    screen = GaussianScreen(p, mu_q)
+    for chunk, (a, b) in enumerate([(0, 5), (5, 40), (40, 300), (300, 4000)]):
+        exact = _select("gaussian", 9, 1, chunk, p.take(slice(a, b)), mu_q[a:b], 1024, torch.device("cpu"))
+        assert _select_screened(screen, 9, 1, chunk, a, b, 1024) == exact
 
 
 def test_indices_round_trip_and_cost_about_their_budget() -> None:
@@ -155,3 +188,41 @@ def test_cli_refuses_conflicting_coder_options(args: tuple, flag: str, tmp_path:
     result = cli("encode", KODIM20, "-o", out, "--model", tiny_model, *args)
     assert result.exit_code == 2 and flag in result.stderr and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_a_named_coder_starts_from_the_built_in_choices() -> None:
+    default = Coding("hybrid", 4, "gaussian", rec_bits=6, rec_margin=3)
+    assert default.override() == default
+    assert default.override(rec_steps=2) == Coding("hybrid", 2, "gaussian", 6, 3)
+    assert default.override("rec") == Coding("rec", None, "uniform", 6, 3)  # the budget stays the model's
+    assert default.override("uq", rec_bits=8) == Coding("uq", None, "uniform", 8, 3)
+
+
+def model_with_codec_file(tiny_model: Path, folder: Path, entries: dict) -> Path:
+    folder.mkdir()
+    shutil.copy(tiny_model, folder / "model.pt")
+    (folder / CODEC_FILE).write_text(json.dumps(entries))
+    return folder / "model.pt"
+
+
+def test_codec_json_chooses_the_default_coder(tiny_model: Path, tmp_path: Path) -> None:
+    """A model's codec.json may make hybrid Gaussian REC its default; the caller can still pick another coder."""
+    entries = {"coder": "hybrid", "rec_steps": 1, "posterior": "gaussian", "rec_bits": 4, "rec_margin": 1}
+    model = model_with_codec_file(tiny_model, tmp_path / "m", entries)
+    data = diffcodec.encode(CROP, model=model, seed=3)
+    assert [c.coder for c in read_stream(data).chunks] == [CODER_REC] + [CODER_UQ] * TINY_STEPS
+    assert (diffcodec.decode(data, model=tiny_model) == CROP).all()
+    assert [c.coder for c in read_stream(diffcodec.encode(CROP, model=model, seed=3, coder="uq")).chunks] == \
+        [CODER_UQ] * (TINY_STEPS + 1)
+    image = tmp_path / "crop.png"
+    Image.fromarray(CROP).save(image)
+    ok(cli("encode", image, "-o", tmp_path / "a.dcz", "--model", model, "--rec-steps", 2))  # hybrid by default
+    assert strict_json(ok(cli("info", tmp_path / "a.dcz", "--json")).stdout)["coders"] == ["rec"] * 2 + ["uq"] * 2
+
+
+@pytest.mark.parametrize("entries", [{"coder": "hybrid", "rec_steps": TINY_STEPS + 1}, {"rec_margin": 7},
+                                     {"coder": "uq", "posterior": "gaussian"}, {"coder": "arith"}, {"rec_bitz": 4}])
+def test_a_bad_default_coder_is_refused(tiny_model: Path, tmp_path: Path, entries: dict) -> None:
+    model = model_with_codec_file(tiny_model, tmp_path / "m", entries)
+    with pytest.raises(ModelError, match=CODEC_FILE):
+        diffcodec.encode(CROP, model=model)

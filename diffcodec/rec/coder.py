@@ -19,6 +19,7 @@ words (u32 little-endian).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +30,7 @@ from diffcodec import rng
 from diffcodec.entropy.index import decode_indices, encode_indices
 from diffcodec.errors import BadInputError, BitstreamError
 from diffcodec.rec.family import DRAWS, StepPrior, candidates, check_family, expected_bits, kl_bits
-from diffcodec.rec.score import score
+from diffcodec.rec.score import GaussianScreen, score
 
 TARGET_BITS = 10
 MARGIN = 2
@@ -43,6 +44,7 @@ _PREFIX = struct.Struct("<BBBH")
 _FACTOR_UNITS = 256  # f is sent in 1/256 steps
 _COST_UNITS = 256  # expected bits are rounded to 1/256 bit before the greedy split: integer sums are exact
 _BLOCK_VALUES = 1 << 22  # uniforms per candidate block: bounds the encoder's memory
+SHORTLIST = 8  # screened candidates of a block that are scored exactly
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,13 @@ class RecStep:
     chunks: int
     expected_bits: float  # the decoder-predicted KL of the step (sum of expected_bits, before the factor f)
     kl_bits: float  # the step's KL(q || p)
+
+
+def check_budget(target_bits: int, margin: int) -> None:
+    """BadInputError unless 1 <= target_bits <= MAX_TARGET_BITS and 0 <= margin <= MAX_MARGIN."""
+    if not 1 <= target_bits <= MAX_TARGET_BITS or not 0 <= margin <= MAX_MARGIN:
+        raise BadInputError(f"REC needs 1 <= target_bits (rec_bits) <= {MAX_TARGET_BITS} and 0 <= margin "
+                            f"(rec_margin) <= {MAX_MARGIN}, got {target_bits} and {margin}")
 
 
 def plan(family: str, p: StepPrior, target_bits: int, factor: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,21 +87,44 @@ def plan(family: str, p: StepPrior, target_bits: int, factor: int) -> tuple[np.n
 
 def _select(family: str, seed: int, step: int, chunk: int, p: StepPrior, mu_q: Tensor, count: int,
             device: torch.device) -> int:
-    """j* = argmin_j log T_j - log w_j over the chunk's `count` candidates."""
+    """j* = argmin_j log T_j - log w_j over the chunk's `count` candidates, scored by `score` on `device`."""
     m, d = p.mu_p.shape[0], DRAWS[family]
-    uniforms = rng.chunk_generator(seed, rng.REC_CANDIDATES, step, chunk)
-    log_t = np.log(np.cumsum(rng.chunk_generator(seed, rng.REC_TIMES, step, chunk).standard_exponential(count)))
     pd = StepPrior(p.mu_p.to(device), p.sigma_p.to(device), p.delta.to(device))
     mq = mu_q.to(device)
-    block = max(1, _BLOCK_VALUES // (d * m))
+
+    def log_w(raw: np.ndarray) -> np.ndarray:
+        v = torch.from_numpy(rng.unit_doubles(raw)).to(device)
+        return score(family, candidates(family, pd, v), pd, mq).cpu().numpy()
+
+    return _search(seed, step, chunk, count, (d, m), log_w)
+
+
+def _select_screened(screen: GaussianScreen, seed: int, step: int, chunk: int, a: int, b: int, count: int) -> int:
+    """j* for the Gaussian chunk of elements a..b on the CPU: `screen.rough` ranks each block, the SHORTLIST best
+    are scored by `screen.exact`; the same j* as `_select` unless the rough error reorders the best few."""
+    return _search(seed, step, chunk, count, (1, b - a), lambda raw: screen.exact(raw[:, 0], a, b),
+                   lambda raw: screen.rough(raw[:, 0], a, b))
+
+
+def _search(seed: int, step: int, chunk: int, count: int, shape: tuple[int, int],
+            log_w: Callable[[np.ndarray], np.ndarray],
+            rough_log_w: Callable[[np.ndarray], np.ndarray] | None = None) -> int:
+    """argmin_j log T_j - log w_j over the chunk's candidates, from their raw draws (rows of `shape`) in blocks
+    that bound the memory; with `rough_log_w`, only the SHORTLIST best of a block by it go to `log_w`."""
+    draws = rng.chunk_generator(seed, rng.REC_CANDIDATES, step, chunk)
+    log_t = np.log(np.cumsum(rng.chunk_generator(seed, rng.REC_TIMES, step, chunk).standard_exponential(count)))
+    block = max(1, _BLOCK_VALUES // (shape[0] * shape[1]))
     best, best_j = np.inf, 0
     for first in range(0, count, block):
-        rows = min(block, count - first)
-        v = torch.from_numpy(uniforms.random((rows, d, m))).to(device)
-        key = torch.from_numpy(log_t[first : first + rows]).to(device) - score(family, candidates(family, pd, v), pd, mq)
-        j = int(torch.argmin(key))
-        if float(key[j]) < best:
-            best, best_j = float(key[j]), first + j
+        raw = draws.bit_generator.random_raw((min(block, count - first), *shape))
+        rows = np.arange(first, first + len(raw))
+        if rough_log_w is not None and len(rows) > SHORTLIST:
+            keep = np.argpartition(log_t[rows] - rough_log_w(raw), SHORTLIST)[:SHORTLIST]
+            raw, rows = raw[keep], rows[keep]
+        key = log_t[rows] - log_w(raw)
+        j = int(np.argmin(key))
+        if key[j] < best:
+            best, best_j = float(key[j]), int(rows[j])
     return best_j
 
 
@@ -113,16 +145,19 @@ def encode_step(family: str, seed: int, step: int, p: StepPrior, mu_q: Tensor, t
                 margin: int = MARGIN, device: torch.device | str = "cpu") -> RecStep:
     """Send q(z_s | z_t, x) (mean mu_q (n,), float64) by REC; the scoring runs on `device`."""
     check_family(family)
-    if not 1 <= target_bits <= MAX_TARGET_BITS or not 0 <= margin <= MAX_MARGIN:
-        raise BadInputError(f"REC needs 1 <= target_bits <= {MAX_TARGET_BITS} and 0 <= margin <= {MAX_MARGIN}, "
-                            f"got {target_bits} and {margin}")
+    check_budget(target_bits, margin)
     kl = kl_bits(family, p, mu_q)
     expected = float(expected_bits(family, p).sum())
     factor = int(np.clip(np.ceil(float(kl.sum()) / max(expected, 1e-9) * _FACTOR_UNITS), 1, 2**16 - 1))
     starts, bits = plan(family, p, target_bits, factor)
+    device = torch.device(device)
+    screen = GaussianScreen(p, mu_q) if family == "gaussian" and device.type == "cpu" else None
+    counts = [1 << int(b + margin) for b in bits]
+    spans = list(zip(starts[:-1].tolist(), starts[1:].tolist()))
     indices = np.array([
-        _select(family, seed, step, c, p.take(slice(a, b)), mu_q[a:b], 1 << int(bits[c] + margin), torch.device(device))
-        for c, (a, b) in enumerate(zip(starts[:-1].tolist(), starts[1:].tolist()))
+        _select_screened(screen, seed, step, c, a, b, n) if screen is not None
+        else _select(family, seed, step, c, p.take(slice(a, b)), mu_q[a:b], n, device)
+        for c, ((a, b), n) in enumerate(zip(spans, counts))
     ], np.int64)
     words, info = encode_indices(indices, bits, margin)
     z_s = _regenerate(family, seed, step, p, starts, indices)

@@ -22,7 +22,7 @@ DRAWS = {"uniform": 2, "gaussian": 1}
 
 _QUADRATURE = 8  # points per axis of the expected-cost quadrature of the uniform family
 _KL_QUADRATURE = 256  # midpoints over q's support for the uniform KL: -log P is steep near the support's edges
-_V_FLOOR = 1e-12  # keeps inverse CDFs finite at v = 0
+V_FLOOR = 1e-12  # keeps inverse CDFs finite at v = 0
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def kl_bits(family: str, p: StepPrior, mu_q: Tensor) -> Tensor:
 
 def candidates(family: str, p: StepPrior, v: Tensor) -> Tensor:
     """Candidates z ~ p from shared uniforms v (..., d, m) -> (..., m) (inverse CDFs, float64)."""
-    v = v.clamp(_V_FLOOR, 1.0 - _V_FLOOR)
+    v = v.clamp(V_FLOOR, 1.0 - V_FLOOR)
     if family == "gaussian":  # z = mu_p + s ndtri(v)
         return p.mu_p + p.gaussian_std() * torch.special.ndtri(v[..., 0, :])
     logistic = logistic_scale(p.sigma_p) * (torch.log(v[..., 0, :]) - torch.log1p(-v[..., 0, :]))
