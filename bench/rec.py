@@ -20,7 +20,7 @@ import torch
 
 import diffcodec
 from roundtrip import timed_round_trip
-from diffcodec.bitstream import CODER_REC, read_stream
+from diffcodec.bitstream import CODER_REC, CODER_REC_POWER, read_stream
 from diffcodec.image import load_image
 from diffcodec.rec.coder import TARGET_BITS
 
@@ -46,7 +46,7 @@ def measure(pixels: np.ndarray, config: dict, model: str, rec_bits: int) -> dict
     chunks = read_stream(result.data).chunks
     rows = []
     for r, d in zip(result.rungs, rungs):
-        rec = 0 < r.rung <= len(chunks) - 1 and chunks[r.rung - 1].coder == CODER_REC
+        rec = 0 < r.rung <= len(chunks) - 1 and chunks[r.rung - 1].coder in (CODER_REC, CODER_REC_POWER)
         rows.append({"rung": r.rung, "coder": "rec" if rec else "uq", "bits": r.ideal_bits, "kl_bits": r.kl_bits,
                      "file_bits": 8 * r.bytes, "bpp": r.bpp, "psnr": diffcodec.psnr(d.pixels, pixels)})
     return {"config": config, "bpp": result.bpp, "encode_s": t_enc, "decode_s": t_dec, "seconds": result.seconds,

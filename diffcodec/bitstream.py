@@ -31,6 +31,7 @@ __all__ = [
     "CODER_CONTEXT",
     "CODER_CONTEXT_SCALED",
     "CODER_REC",
+    "CODER_REC_POWER",
     "CODER_UQ",
     "CODERS",
     "FORMAT_VERSION",
@@ -56,8 +57,9 @@ CODER_UQ = 1
 CODER_REC = 2
 CODER_CONTEXT = 3
 CODER_CONTEXT_SCALED = 4
+CODER_REC_POWER = 5
 CODERS: dict[int, str] = {CODER_UQ: "uq", CODER_REC: "rec", CODER_CONTEXT: "context",
-                          CODER_CONTEXT_SCALED: "context-scaled"}
+                          CODER_CONTEXT_SCALED: "context-scaled", CODER_REC_POWER: "rec-power"}
 """Chunk coder ids -> names. Ids are stable and never reused; new coders get new ids."""
 
 MODES: dict[str, int] = {"RGB": 1, "L": 2, "P": 3, "1": 4}

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from diffcodec import rng
-from diffcodec.bitstream import CODER_REC, CODER_UQ, CODERS
+from diffcodec.bitstream import CODER_REC, CODER_REC_POWER, CODER_UQ, CODERS
 from diffcodec.entropy import decode_symbols, encode_symbols
 from diffcodec.errors import BadInputError, BitstreamError
 from diffcodec.rec import FAMILIES, StepPrior, decode_step, encode_step
@@ -140,26 +140,29 @@ class UQCoder:
 
 
 class RecCoder:
-    """Chunked shared-seed REC of the uniform or the Gaussian posterior (the family travels in the payload)."""
+    """Chunked shared-seed REC of the uniform or the Gaussian posterior (the family travels in the payload). It
+    writes the `rec-power` layout (indices under a power pmf fitted per step); `power=False` reads the first `rec`
+    layout."""
 
-    coder_id = CODER_REC
-
-    def __init__(self, family: str = "uniform", target_bits: int = TARGET_BITS, margin: int = MARGIN) -> None:
-        self.family, self.target_bits, self.margin = family, target_bits, margin
+    def __init__(self, family: str = "uniform", target_bits: int = TARGET_BITS, margin: int = MARGIN,
+                 power: bool = True) -> None:
+        self.family, self.target_bits, self.margin, self.power = family, target_bits, margin, power
+        self.coder_id = CODER_REC_POWER if power else CODER_REC
 
     def send(self, ctx: StepContext, x: Tensor, pool: Executor | None = None) -> SentStep:
         """Serial whatever `pool`: the payload is the index of the candidate that is z_s, found by the search."""
         t = time.perf_counter()
         p = ctx.flat_prior()
         mu_q = _flat64(posterior(ctx.z_t, x, ctx.gamma_t, ctx.gamma_s)[0])
-        sent = encode_step(self.family, ctx.seed, ctx.step, p, mu_q, self.target_bits, self.margin, ctx.z_t.device)
+        sent = encode_step(self.family, ctx.seed, ctx.step, p, mu_q, self.target_bits, self.margin, ctx.z_t.device,
+                           self.power)
         z_s = sent.z_s.float().reshape(ctx.z_t.shape).to(ctx.z_t.device)
         ctx.clock["rec"] = ctx.clock.get("rec", 0.0) + time.perf_counter() - t
         return SentStep(start(None, lambda: Coded(sent.payload, sent.bits, {})), z_s, sent.kl_bits)
 
     def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
         t = time.perf_counter()
-        z_s = decode_step(payload, ctx.seed, ctx.step, ctx.flat_prior())
+        z_s = decode_step(payload, ctx.seed, ctx.step, ctx.flat_prior(), self.power)
         ctx.clock["rec"] = ctx.clock.get("rec", 0.0) + time.perf_counter() - t
         return z_s.float().reshape(ctx.z_t.shape).to(ctx.z_t.device)
 
@@ -215,6 +218,6 @@ def receiver(coder_id: int, chunk: int) -> StepCoder:
     """The coder that reads a step chunk of this coder id."""
     if coder_id == CODER_UQ:
         return UQCoder()
-    if coder_id == CODER_REC:
-        return RecCoder()
+    if coder_id in (CODER_REC, CODER_REC_POWER):
+        return RecCoder(power=coder_id == CODER_REC_POWER)
     raise BitstreamError(f"chunk {chunk}: coder {CODERS.get(coder_id, coder_id)!r} cannot send a diffusion step")

@@ -283,7 +283,7 @@ def test_longest_name_and_palette_fit() -> None:
 
 @pytest.mark.parametrize(
     ("coder", "payload", "check"),
-    [(0, b"", 0), (5, b"", 0), (CODER_UQ, bytearray(b"x"), 0), (CODER_UQ, b"", -1), (CODER_UQ, b"", 2**32)],
+    [(0, b"", 0), (6, b"", 0), (CODER_UQ, bytearray(b"x"), 0), (CODER_UQ, b"", -1), (CODER_UQ, b"", 2**32)],
 )
 def test_invalid_chunk_is_refused(coder: int, payload: bytes, check: int) -> None:
     with pytest.raises(BadInputError):

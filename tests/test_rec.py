@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -15,9 +16,9 @@ from PIL import Image
 import diffcodec
 from conftest import KODIM20, TINY_STEPS, rgb_pixels
 from test_cli import cli, ok, strict_json
-from diffcodec import codec
-from diffcodec.bitstream import CODER_REC, CODER_UQ, read_stream
-from diffcodec.entropy.index import decode_indices, encode_indices
+from diffcodec import codec, steps
+from diffcodec.bitstream import CODER_REC, CODER_REC_POWER, CODER_UQ, read_stream
+from diffcodec.entropy.index import ALPHA_CHOICES, best_alpha, decode_indices, encode_indices, index_bits
 from diffcodec.errors import BadInputError, BitstreamError, ModelError
 from diffcodec import rng
 from diffcodec.rec import StepPrior, decode_step, encode_step
@@ -123,6 +124,41 @@ def test_step_decodes_to_the_encoders_sample_at_about_the_kl(family: str) -> Non
         assert float((residual.abs() <= math.sqrt(3)).double().mean()) > 0.97
 
 
+def test_power_pmf_round_trips_and_fits_its_exponent() -> None:
+    rng_ = np.random.default_rng(0)
+    indices = np.minimum((rng_.pareto(0.6, 3000)).astype(np.int64), 511)  # heavy-tailed, mostly small: like j*
+    bits = np.full(3000, 5)
+    alpha = best_alpha(indices, bits, margin=4)
+    payload, info = encode_indices(indices, bits, 4, alpha)
+    assert (decode_indices(payload, bits, 4, alpha) == indices).all()
+    assert abs(8 * len(payload) - info) <= 64
+    cost = {a: index_bits(indices, bits, 4, a) for a in ALPHA_CHOICES}
+    assert cost[alpha] == min(cost.values()) and info < index_bits(indices, bits, 4) - 0.5 * len(indices)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_power_layout_sends_the_same_sample_in_fewer_bits(family: str) -> None:
+    p, mu_q = toy_step(3000, seed=4)
+    power, flat = encode_step(family, 5, 0, p, mu_q, 5, 4), encode_step(family, 5, 0, p, mu_q, 5, 4, power=False)
+    assert torch.equal(power.z_s, flat.z_s) and len(power.payload) < len(flat.payload)
+    assert torch.equal(decode_step(power.payload, 5, 0, p), power.z_s)
+    assert torch.equal(decode_step(flat.payload, 5, 0, p, power=False), flat.z_s)
+
+
+def test_a_file_in_the_first_rec_layout_still_decodes(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    new = codec.encode_report(CROP, model=tiny_model, seed=3, coder="hybrid", rec_steps=2, posterior="gaussian",
+                              rec_bits=4)
+    monkeypatch.setattr(steps, "RecCoder", functools.partial(steps.RecCoder, power=False))
+    old = codec.encode_report(CROP, model=tiny_model, seed=3, coder="hybrid", rec_steps=2, posterior="gaussian",
+                              rec_bits=4)
+    monkeypatch.undo()
+    assert [c.coder for c in read_stream(old.data).chunks][:2] == [CODER_REC] * 2
+    assert [c.coder for c in read_stream(new.data).chunks][:2] == [CODER_REC_POWER] * 2
+    old_rungs, new_rungs = codec.decode_rungs(old.data, model=tiny_model), codec.decode_rungs(new.data, model=tiny_model)
+    assert all((a.pixels == b.pixels).all() for a, b in zip(old_rungs, new_rungs))  # the same samples, rung by rung
+    assert (old_rungs[-1].pixels == CROP).all()
+
+
 def test_step_payload_prefix_is_checked() -> None:
     p, mu_q = toy_step(50)
     payload = encode_step("gaussian", 5, 0, p, mu_q).payload
@@ -133,9 +169,9 @@ def test_step_payload_prefix_is_checked() -> None:
 
 
 @pytest.mark.parametrize(("coder", "posterior", "rec_steps", "coders"), [
-    ("rec", "uniform", None, [CODER_REC] * TINY_STEPS),
-    ("rec", "gaussian", None, [CODER_REC] * TINY_STEPS),
-    ("hybrid", "gaussian", 1, [CODER_REC] + [CODER_UQ] * (TINY_STEPS - 1)),
+    ("rec", "uniform", None, [CODER_REC_POWER] * TINY_STEPS),
+    ("rec", "gaussian", None, [CODER_REC_POWER] * TINY_STEPS),
+    ("hybrid", "gaussian", 1, [CODER_REC_POWER] + [CODER_UQ] * (TINY_STEPS - 1)),
 ])
 def test_rec_file_is_exact_at_its_last_rung_and_every_rung_decodes(
         coder: str, posterior: str, rec_steps: int | None, coders: list[int], tiny_model: Path) -> None:
@@ -173,7 +209,7 @@ def test_cli_hybrid_gaussian_round_trip(tmp_path: Path, tiny_model: Path) -> Non
     Image.fromarray(CROP).save(image)
     ok(cli("encode", image, "-o", out, "--model", tiny_model, "--coder", "hybrid", "--rec-steps", 1,
            "--posterior", "gaussian"))
-    assert strict_json(ok(cli("info", out, "--json")).stdout)["coders"] == ["rec"] + ["uq"] * TINY_STEPS
+    assert strict_json(ok(cli("info", out, "--json")).stdout)["coders"] == ["rec-power"] + ["uq"] * TINY_STEPS
     ok(cli("decode", out, "-o", back, "--model", tiny_model))
     assert (rgb_pixels(back) == CROP).all()
 
@@ -210,14 +246,14 @@ def test_codec_json_chooses_the_default_coder(tiny_model: Path, tmp_path: Path) 
     entries = {"coder": "hybrid", "rec_steps": 1, "posterior": "gaussian", "rec_bits": 4, "rec_margin": 1}
     model = model_with_codec_file(tiny_model, tmp_path / "m", entries)
     data = diffcodec.encode(CROP, model=model, seed=3)
-    assert [c.coder for c in read_stream(data).chunks] == [CODER_REC] + [CODER_UQ] * TINY_STEPS
+    assert [c.coder for c in read_stream(data).chunks] == [CODER_REC_POWER] + [CODER_UQ] * TINY_STEPS
     assert (diffcodec.decode(data, model=tiny_model) == CROP).all()
     assert [c.coder for c in read_stream(diffcodec.encode(CROP, model=model, seed=3, coder="uq")).chunks] == \
         [CODER_UQ] * (TINY_STEPS + 1)
     image = tmp_path / "crop.png"
     Image.fromarray(CROP).save(image)
     ok(cli("encode", image, "-o", tmp_path / "a.dcz", "--model", model, "--rec-steps", 2))  # hybrid by default
-    assert strict_json(ok(cli("info", tmp_path / "a.dcz", "--json")).stdout)["coders"] == ["rec"] * 2 + ["uq"] * 2
+    assert strict_json(ok(cli("info", tmp_path / "a.dcz", "--json")).stdout)["coders"] == ["rec-power"] * 2 + ["uq"] * 2
 
 
 @pytest.mark.parametrize("entries", [{"coder": "hybrid", "rec_steps": TINY_STEPS + 1}, {"rec_margin": 7},

@@ -12,8 +12,9 @@ The encoder's work is at most 2^(target_bits + margin) candidates per chunk: a l
 target_bits gets that many, and its sample is then only approximately from q (the file stays decodable and its
 last rung exact).
 
-Payload: u8 posterior family (FAMILY_IDS), u8 target_bits, u8 margin, u16 f * 256 (little-endian), then the index
-words (u32 little-endian).
+Payload: u8 posterior family (FAMILY_IDS), u8 target_bits, u8 margin, u16 f * 256 (little-endian), in the power
+layout (chunk coder `rec-power`) a u8 alpha, then the index words (u32 little-endian), coded under the flat pmf (the
+first layout, chunk coder `rec`) or the power pmf of exponent alpha / 64 (entropy/index.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor
 
 from diffcodec import rng
-from diffcodec.entropy.index import decode_indices, encode_indices
+from diffcodec.entropy.index import best_alpha, decode_indices, encode_indices
 from diffcodec.errors import BadInputError, BitstreamError
 from diffcodec.rec.family import DRAWS, StepPrior, candidates, check_family, expected_bits, kl_bits
 from diffcodec.rec.score import GaussianScreen, score
@@ -142,8 +143,9 @@ def _regenerate(family: str, seed: int, step: int, p: StepPrior, starts: np.ndar
 
 
 def encode_step(family: str, seed: int, step: int, p: StepPrior, mu_q: Tensor, target_bits: int = TARGET_BITS,
-                margin: int = MARGIN, device: torch.device | str = "cpu") -> RecStep:
-    """Send q(z_s | z_t, x) (mean mu_q (n,), float64) by REC; the scoring runs on `device`."""
+                margin: int = MARGIN, device: torch.device | str = "cpu", power: bool = True) -> RecStep:
+    """Send q(z_s | z_t, x) (mean mu_q (n,), float64) by REC; the scoring runs on `device`. `power`: the payload's
+    indices use the power pmf with the cheapest alpha (layout `rec-power`), else the flat pmf (layout `rec`)."""
     check_family(family)
     check_budget(target_bits, margin)
     kl = kl_bits(family, p, mu_q)
@@ -159,21 +161,26 @@ def encode_step(family: str, seed: int, step: int, p: StepPrior, mu_q: Tensor, t
         else _select(family, seed, step, c, p.take(slice(a, b)), mu_q[a:b], n, device)
         for c, ((a, b), n) in enumerate(zip(spans, counts))
     ], np.int64)
-    words, info = encode_indices(indices, bits, margin)
+    alpha = best_alpha(indices, bits, margin) if power else None
+    words, info = encode_indices(indices, bits, margin, alpha)
     z_s = _regenerate(family, seed, step, p, starts, indices)
-    prefix = _PREFIX.pack(FAMILY_IDS[family], target_bits, margin, factor)
-    return RecStep(prefix + words, info + 8 * _PREFIX.size, z_s, len(indices), expected, float(kl.sum()))
+    prefix = _PREFIX.pack(FAMILY_IDS[family], target_bits, margin, factor) + (b"" if alpha is None else bytes([alpha]))
+    return RecStep(prefix + words, info + 8 * len(prefix), z_s, len(indices), expected, float(kl.sum()))
 
 
-def decode_step(payload: bytes, seed: int, step: int, p: StepPrior) -> Tensor:
-    """The decoder's z_s (n,) float64 from a REC step payload (the family is read from the payload)."""
-    if len(payload) < _PREFIX.size:
-        raise BitstreamError(f"REC step payload of {len(payload)} bytes is cut inside its {_PREFIX.size}-byte prefix")
+def decode_step(payload: bytes, seed: int, step: int, p: StepPrior, power: bool = True) -> Tensor:
+    """The decoder's z_s (n,) float64 from a REC step payload (the family is read from the payload) in the power
+    layout (`power`) or the flat one."""
+    size = _PREFIX.size + power
+    if len(payload) < size:
+        raise BitstreamError(f"REC step payload of {len(payload)} bytes is cut inside its {size}-byte prefix")
     family_id, target_bits, margin, factor = _PREFIX.unpack_from(payload)
+    alpha = payload[_PREFIX.size] if power else None
     if family_id not in _FAMILY_NAMES or not 1 <= target_bits <= MAX_TARGET_BITS or margin > MAX_MARGIN \
             or factor == 0:
-        raise BitstreamError("REC step payload has an invalid (family, target_bits, margin, factor) prefix: it is corrupt")
+        raise BitstreamError("REC step payload has an invalid (family, target_bits, margin, factor, alpha) prefix: "
+                             "it is corrupt")
     family = _FAMILY_NAMES[family_id]
     starts, bits = plan(family, p, target_bits, factor)
-    indices = decode_indices(payload[_PREFIX.size:], bits, margin)
+    indices = decode_indices(payload[size:], bits, margin, alpha)
     return _regenerate(family, seed, step, p, starts, indices)
