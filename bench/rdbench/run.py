@@ -17,6 +17,7 @@ import torch
 from PIL import Image, features
 from tqdm import tqdm
 
+from diffcodec.bitstream import CODERS
 from diffcodec.codec import RECONS, iter_rungs
 from diffcodec.image import load_image
 from diffcodec.train.data import list_images
@@ -66,7 +67,7 @@ def _store(path: Path, key: dict, result: dict) -> dict:
 
 def measure_all(paths: list[Path], cache: Path, model: str, seed: int, keys: dict[str, dict]) -> list[dict]:
     """Each image's result. Its two parts are cached apart, each under its own key: `keys["diffcodec"]` (model,
-    weights, steps, seed) and `keys["baselines"]` (sweeps, library versions), so a new model re-measures only diffcodec."""
+    weights, steps, seed, step coder, the container's chunk coders) and `keys["baselines"]` (sweeps, library versions), so a new model re-measures only diffcodec."""
     cache.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     bar = tqdm(paths, unit="image", dynamic_ncols=True)
@@ -126,7 +127,8 @@ def run(folder: Path, out: Path, model: str = "default", seed: int = 0, limit: i
     context = None if loaded.context is None else loaded.context.weights_hash.hex()
     coding = asdict(loaded.coding)
     keys = {"diffcodec": {"model": loaded.name, "weights_hash": loaded.weights_hash.hex(), "seed": seed,
-                          "steps": loaded.default_steps, "context": context, "coding": coding},
+                          "steps": loaded.default_steps, "context": context, "coding": coding,
+                          "coders": list(CODERS.values())},  # a new chunk layout re-measures too
             "baselines": {"sweeps": sweeps(), "versions": library_versions()}}
     images = measure_all(paths, out / "cache", model, seed, keys)
     summary = report.summarize(images)
