@@ -208,7 +208,8 @@ def encode(
     """Compress IMAGE into one progressive file; every prefix of whole chunks decodes."""
     target = out or image.with_suffix(".dcz")
     _check_writable(target, force)
-    default = load_model(model, codec.resolve_device(device)).coding
+    device = codec.resolve_device(device)
+    default = load_model(model, device).coding
     chosen = coder.value if coder is not None else default.coder
     if rec_steps is not None and chosen != Coder.hybrid.value:
         raise typer.BadParameter(f"only applies to the hybrid coder (this run's coder: {chosen})",
@@ -216,7 +217,7 @@ def encode(
     if posterior == Posterior.gaussian and chosen == Coder.uq.value:
         raise typer.BadParameter("a gaussian posterior needs --coder rec or hybrid", param_hint="--posterior")
     with _progress("encoding", not as_json) as progress:
-        result = codec.encode_report(image, model=model, seed=seed, device=codec.resolve_device(device),
+        result = codec.encode_report(image, model=model, seed=seed, device=device,
                                      progress=progress, coder=coder and coder.value, rec_steps=rec_steps,
                                      posterior=posterior and posterior.value, steps=steps, overlap=overlap,
                                      context=context)

@@ -110,13 +110,13 @@ def default_steps(path: Path, model: UQDM) -> int:
     return steps
 
 
-def default_coding(path: Path, model: UQDM) -> Coding:
-    """How the encoder sends a model's steps unless told: the coder entries of its codec.json, else plain UQ.
-    (A file records its coder per chunk, so this default never changes how a file decodes.)"""
+def default_coding(path: Path, steps: int) -> Coding:
+    """How the encoder sends a model's `steps` steps unless told: the coder entries of its codec.json, else plain
+    UQ. (A file records its coder per chunk, so this default never changes how a file decodes.)"""
     entries = {k: v for k, v in _codec_file(path).items() if k != "steps"}
     try:
         coding = Coding(**entries)
-        coding.coders(default_steps(path, model))
+        coding.coders(steps)
     except (BadInputError, TypeError) as e:
         raise ModelError(f"{path.parent / CODEC_FILE}: {e}") from None
     return coding
@@ -128,8 +128,8 @@ def _load_cached(path: str, mtime: float, context_mtime: float | None, device: s
     name = p.parent.name if p.name == WEIGHTS_FILE else p.stem
     model = load_file(p, device)
     digest = weights_hash(p)
-    return LoadedModel(name, digest, p, model, default_steps(p, model), default_coding(p, model),
-                       find_context(p, digest, device))
+    steps = default_steps(p, model)
+    return LoadedModel(name, digest, p, model, steps, default_coding(p, steps), find_context(p, digest, device))
 
 
 def find_context(path: Path, model_hash: bytes, device: str | torch.device = "cpu") -> PixelContext | None:

@@ -178,8 +178,7 @@ def decode_step(payload: bytes, seed: int, step: int, p: StepPrior, power: bool 
     alpha = payload[_PREFIX.size] if power else None
     if family_id not in _FAMILY_NAMES or not 1 <= target_bits <= MAX_TARGET_BITS or margin > MAX_MARGIN \
             or factor == 0:
-        raise BitstreamError("REC step payload has an invalid (family, target_bits, margin, factor, alpha) prefix: "
-                             "it is corrupt")
+        raise BitstreamError("REC step payload has an invalid (family, target_bits, margin, factor) prefix: it is corrupt")
     family = _FAMILY_NAMES[family_id]
     starts, bits = plan(family, p, target_bits, factor)
     indices = decode_indices(payload[size:], bits, margin, alpha)

@@ -22,7 +22,7 @@ DRAWS = {"uniform": 2, "gaussian": 1}
 
 _QUADRATURE = 8  # points per axis of the expected-cost quadrature of the uniform family
 _KL_QUADRATURE = 256  # midpoints over q's support for the uniform KL: -log P is steep near the support's edges
-V_FLOOR = 1e-12  # keeps inverse CDFs finite at v = 0
+_V_FLOOR = 1e-12  # keeps inverse CDFs finite at v = 0
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,15 @@ def kl_bits(family: str, p: StepPrior, mu_q: Tensor) -> Tensor:
     return -log_interval_mass(e, p.delta / 2, logistic_scale(p.sigma_p)[:, None]).mean(dim=1) / LN2
 
 
+def standard_normal(v: Tensor) -> Tensor:
+    """n = ndtri(v): the standard normal at quantile v, kept finite at v = 0 and 1."""
+    return torch.special.ndtri(v.clamp(_V_FLOOR, 1.0 - _V_FLOOR))
+
+
 def candidates(family: str, p: StepPrior, v: Tensor) -> Tensor:
     """Candidates z ~ p from shared uniforms v (..., d, m) -> (..., m) (inverse CDFs, float64)."""
-    v = v.clamp(V_FLOOR, 1.0 - V_FLOOR)
     if family == "gaussian":  # z = mu_p + s ndtri(v)
-        return p.mu_p + p.gaussian_std() * torch.special.ndtri(v[..., 0, :])
+        return p.mu_p + p.gaussian_std() * standard_normal(v[..., 0, :])
+    v = v.clamp(_V_FLOOR, 1.0 - _V_FLOOR)
     logistic = logistic_scale(p.sigma_p) * (torch.log(v[..., 0, :]) - torch.log1p(-v[..., 0, :]))
     return p.mu_p + logistic + p.delta * (v[..., 1, :] - 0.5)  # z = mu_p + G^-1(v0) + delta (v1 - 1/2)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffcodec.rec.family import V_FLOOR, StepPrior
+from diffcodec.rec.family import StepPrior, standard_normal
 from diffcodec.rng import unit_doubles
 from diffcodec.uqdm import logistic_scale
 
@@ -121,5 +121,5 @@ class GaussianScreen:
 
     def exact(self, raw: np.ndarray, a: int, b: int) -> np.ndarray:
         """log w (minus the chunk's constant) of candidate rows raw (N, b - a), float64."""
-        n = torch.special.ndtri(torch.from_numpy(unit_doubles(raw)).clamp(V_FLOOR, 1.0 - V_FLOOR)).numpy()
+        n = standard_normal(torch.from_numpy(unit_doubles(raw))).numpy()
         return (n * n) @ self.quad[a:b] + n @ self.lin[a:b]
