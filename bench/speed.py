@@ -74,9 +74,11 @@ def main() -> None:
         for row in pool.imap(_one, [(str(p), args.model, args.device, args.threads) for p in paths]):
             rows.append(row)
             e, d = row["encode"], row["decode"]
-            print(f"{row['image']}: encode {e['total']:.2f} s (network {e['network']:.2f}, rec {e['rec']:.2f}, tables "
+            print(f"{row['image']}: encode {e['total']:.2f} s (network {e['network']:.2f}, step context "
+                  f"{e['context']:.2f}, rec {e['rec']:.2f}, tables "
                   f"{e['tables']:.3f}, coder {e['coder']:.3f}; {100 * row['encode_tables_coder_share']:.1f}%), decode "
-                  f"{d['total']:.2f} s (network {d['network']:.2f}, rec {d['rec']:.2f}, tables {d['tables']:.3f}, "
+                  f"{d['total']:.2f} s (network {d['network']:.2f}, step context {d['context']:.2f}, rec "
+                  f"{d['rec']:.2f}, tables {d['tables']:.3f}, "
                   f"coder {d['coder']:.3f}; "
                   f"{100 * row['decode_tables_coder_share']:.1f}%), coder {row['coder_symbols_per_s']['encode'] / 1e6:.0f}"
                   f"/{row['coder_symbols_per_s']['decode'] / 1e6:.0f} M symbols/s, file/ideal - 1 = "

@@ -31,8 +31,10 @@ __all__ = [
     "CODER_CONTEXT",
     "CODER_CONTEXT_SCALED",
     "CODER_REC",
+    "CODER_REC_GROUPED",
     "CODER_REC_POWER",
     "CODER_UQ",
+    "CODER_UQ_GROUPED",
     "CODERS",
     "FORMAT_VERSION",
     "MAGIC",
@@ -58,8 +60,11 @@ CODER_REC = 2
 CODER_CONTEXT = 3
 CODER_CONTEXT_SCALED = 4
 CODER_REC_POWER = 5
+CODER_UQ_GROUPED = 6
+CODER_REC_GROUPED = 7
 CODERS: dict[int, str] = {CODER_UQ: "uq", CODER_REC: "rec", CODER_CONTEXT: "context",
-                          CODER_CONTEXT_SCALED: "context-scaled", CODER_REC_POWER: "rec-power"}
+                          CODER_CONTEXT_SCALED: "context-scaled", CODER_REC_POWER: "rec-power",
+                          CODER_UQ_GROUPED: "uq-grouped", CODER_REC_GROUPED: "rec-grouped"}
 """Chunk coder ids -> names. Ids are stable and never reused; new coders get new ids."""
 
 MODES: dict[str, int] = {"RGB": 1, "L": 2, "P": 3, "1": 4}

@@ -28,7 +28,7 @@ from . import codec
 from .bitstream import CODERS, read_stream
 from .errors import BadInputError, DiffcodecError
 from .image import to_pil
-from .train.command import train_command, train_context_command
+from .train.command import train_command, train_context_command, train_step_context_command
 from .zoo import DEFAULT_MODEL, load_model
 
 app = typer.Typer(
@@ -201,9 +201,11 @@ def encode(
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     overlap: bool = typer.Option(False, "--overlap", help="range-code each step on a second thread while the "
                                  "network runs the next (same file; pays only with a free core or a GPU)"),
-    context: bool = typer.Option(True, "--context/--no-context", help="code the lossless chunk with the model's "
-                                 "pixel context network when it has one for these steps (a smaller lossless rung; "
-                                 "4 more passes of a small network); --no-context codes it factorised"),
+    context: bool = typer.Option(True, "--context/--no-context", help="use the model's context networks: send "
+                                 "each step that has one in checkerboard groups (step_context.pt: smaller lossy "
+                                 "rungs) and code the lossless chunk with the pixel context when it has one for "
+                                 "these steps (context.pt: a smaller lossless rung); 4 more passes of a small "
+                                 "network each; --no-context sends every step plainly and the pixels factorised"),
 ) -> None:
     """Compress IMAGE into one progressive file; every prefix of whole chunks decodes."""
     target = out or image.with_suffix(".dcz")
@@ -292,7 +294,8 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Show the header of STREAM and its rung table (bytes, cumulative bytes, bpp, and the coder of each chunk:
-    uq, rec, or context for a lossless chunk coded with the pixel context network)."""
+    uq, rec-power, uq-grouped or rec-grouped for a step sent in groups under the step context, context-scaled for a
+    lossless chunk coded with the pixel context network)."""
     parsed = read_stream(_read(stream))
     h = parsed.header
     rungs = [{"rung": r.rung, "bytes": r.bytes, "cum_bytes": r.cum_bytes, "bpp": r.bpp}
@@ -317,6 +320,7 @@ def info(
 
 app.command("train")(_one_line_errors(train_command))
 app.command("train-context")(_one_line_errors(train_context_command))
+app.command("train-step-context")(_one_line_errors(train_step_context_command))
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from .bitstream import (CODER_CONTEXT, CODER_CONTEXT_SCALED, CODER_UQ, CODERS, C
                         rung_check, write_stream)
 from .context import CONTEXT_FILE, GROUPS, HASH_SIZE, ChainEnd, PixelContext, decode_pixels, encode_pixels
 from .entropy import decode_symbols
+from .step_context import grouped_coders, grouped_receiver, part_coder
 from .steps import Coded, StepContext, code_symbols, flat, receiver, start
 from .errors import BadInputError, BitstreamError, ModelError
 from .image import SourceImage, load_image, to_pil
@@ -59,11 +60,12 @@ Progress = Callable[[int, int], None]  # (done, total) after each network call
 
 @dataclass
 class Timer:
-    """Seconds spent in the network, the rate tables (step parameters and pmf rows), the entropy coder and REC
-    (candidates, scoring, index coding)."""
+    """Seconds spent in the network, the rate tables (step parameters and pmf rows), the entropy coder, REC
+    (candidates, scoring, index coding) and the step context networks."""
 
     network: float = 0.0
-    clock: dict[str, float] = field(default_factory=lambda: {"tables": 0.0, "coder": 0.0, "rec": 0.0})
+    clock: dict[str, float] = field(default_factory=lambda: {"tables": 0.0, "coder": 0.0, "rec": 0.0,
+                                                             "context": 0.0})
 
     def as_dict(self, total: float) -> dict[str, float]:
         return {"network": self.network, **self.clock, "total": total}
@@ -167,7 +169,7 @@ class _Ladder:
         g_t, g_s = self.gammas[self.i], self.gammas[self.i + 1]
         mu_p, sigma_p = prior(self.z, self.eps_hat, self.s_hat, g_t, g_s)
         return StepContext(self.seed, self.i, self.z, g_t, g_s, mu_p, sigma_p, posterior_width(g_t, g_s),
-                           self.timer.clock)
+                           self.timer.clock, self.denoised().clamp(-1, 1))
 
     def advance(self, z_s: torch.Tensor) -> None:
         """Move to z_s, then the network at the next step."""
@@ -260,9 +262,10 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
     T = loaded.default_steps if steps is None else steps
     if not (isinstance(T, int) and 1 <= T <= loaded.model.steps):
         raise BadInputError(f"steps must be in [1, {loaded.model.steps}] for model {loaded.name!r}, got {T!r}")
-    coders = loaded.coding.override(coder, rec_steps, posterior, rec_bits).coders(T)
     seed = secrets.randbits(63) if seed is None else int(seed)
     h, w = src.pixels.shape[:2]
+    coders = grouped_coders(loaded.coding.override(coder, rec_steps, posterior, rec_bits).coders(T),
+                            loaded.step_nets if context else None)
     # validates every field before any work; the rung-0 check is known once the ladder has started
     header = Header(loaded.name, loaded.weights_hash, h, w, src.mode, src.palette, seed, T, 0)
     pixel_context = loaded.context if context and loaded.context is not None and loaded.context.steps == T else None
@@ -275,10 +278,11 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
         x = to_unit(pixels)
         shown = ladder.reconstruct("denoise")
         header = replace(header, check=rung_check(shown.tobytes()))
-        coded, checks, kls, psnrs = [], [], [], [psnr(shown, src.pixels)]
+        coded, coder_ids, checks, kls, psnrs = [], [], [], [], [psnr(shown, src.pixels)]
         for step_coder in coders:
             sent = step_coder.send(ladder.step_context(), x, pool)
             coded.append(sent.coded)
+            coder_ids.append(sent.coder_id)
             kls.append(sent.kl_bits)
             ladder.advance(sent.z_s)
             shown = ladder.reconstruct("denoise")
@@ -308,7 +312,7 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
     for clock in [c.clock for c in done] + [discarded]:
         for phase, seconds in clock.items():
             timer.clock[phase] += seconds
-    coder_ids = [c.coder_id for c in coders] + [CODER_UQ if pixel_context is None else CODER_CONTEXT_SCALED]
+    coder_ids.append(CODER_UQ if pixel_context is None else CODER_CONTEXT_SCALED)
     data = write_stream(header, [Chunk(i, c.payload, check) for i, c, check in zip(coder_ids, done, checks)])
     bits = [c.bits for c in done]
     kls = [None, *kls, None]
@@ -390,7 +394,7 @@ def open_stream(data: bytes, model: str | Path | None = None, device: str = "cpu
         )
     for i, chunk in enumerate(stream.chunks):
         if i < stream.header.steps:
-            receiver(chunk.coder, i)  # raises for a coder that cannot send a step
+            receiver(part_coder(chunk.coder), i)  # raises for a coder that cannot send a step
         elif chunk.coder not in (CODER_UQ, *CONTEXT_CODERS):
             raise BitstreamError(f"chunk {i}: coder {CODERS.get(chunk.coder, chunk.coder)!r} cannot send the lossless chunk")
     return stream, loaded
@@ -425,6 +429,9 @@ def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, mod
         raise BadInputError(f"rung {last} is not in this file: it holds rungs 0 to {len(stream.chunks)}")
     h, w = stream.header.height, stream.header.width
     T = stream.header.steps
+    # each step's coder, refused before any work if it cannot be decoded (a grouped step without its network)
+    step_coders = [grouped_receiver(c.coder, i, loaded.step_nets, c.payload)
+                   for i, c in enumerate(stream.chunks[: min(last, T)])]
     pixel_context = None
     if last > T and stream.chunks[T].coder in CONTEXT_CODERS:  # refused before any work if it cannot be decoded
         pixel_context = _check_context(loaded, stream.chunks[T].payload, T)
@@ -449,7 +456,7 @@ def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, mod
         yield rung(0, pixels)
     for i, chunk in enumerate(stream.chunks[:last]):
         if i < ladder.T:
-            ladder.advance(receiver(chunk.coder, i).receive(ladder.step_context(), chunk.payload))
+            ladder.advance(step_coders[i].receive(ladder.step_context(), chunk.payload))
             pixels = shown(i + 1)
         elif pixel_context is not None:
             pixels = ladder.decode_pixels(chunk.payload, pixel_context, chunk.coder == CODER_CONTEXT_SCALED)

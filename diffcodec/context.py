@@ -97,18 +97,22 @@ def group_mask(g: int, height: int, width: int, device: torch.device | str = "cp
     return mask
 
 
+def context_features(x_hat: Tensor, z: Tensor, log_scale: Tensor, values: Tensor, g: int) -> Tensor:
+    """The INPUTS channels of a context network (nn/context.py) for group g, (B, 14, H, W): x_hat, z, a log scale,
+    `values` (in the network's units) where groups < g are decoded and zero elsewhere, and the two masks."""
+    h, w = z.shape[-2:]
+    known = torch.zeros(h, w, dtype=torch.bool, device=z.device)
+    for k in range(g):
+        known |= group_mask(k, h, w, z.device)
+    known = known.expand(z.shape[0], 1, h, w)
+    target = group_mask(g, h, w, z.device).expand_as(known)
+    return torch.cat([x_hat, z, log_scale, torch.where(known, values, 0.0), known.float(), target.float()], 1)
+
+
 def group_logistics(net: ContextNet, end: ChainEnd, decoded: Tensor, g: int) -> tuple[Tensor, Tensor, Tensor]:
     """(m', b', kappa), (B, 3, H, W) each, for group g given `decoded` (B, 3, H, W) pixels, of which only those
     of groups < g are read."""
-    h, w = end.z.shape[-2:]
-    known = torch.zeros(h, w, dtype=torch.bool, device=end.z.device)
-    for k in range(g):
-        known |= group_mask(k, h, w, end.z.device)
-    known = known.expand(end.z.shape[0], 1, h, w)
-    shown = torch.where(known, to_unit(decoded), 0.0)
-    target = group_mask(g, h, w, end.z.device).expand_as(known)
-    features = torch.cat([end.x_hat, end.z, end.s_hat.log(), shown, known.float(), target.float()], 1)
-    out = run_tiled(net, features)
+    out = run_tiled(net, context_features(end.x_hat, end.z, end.s_hat.log(), to_unit(decoded), g))
     m = end.m + MEAN_STEP * out[:, 0:3]  # m' = m + MEAN_STEP dm
     b = end.b * torch.exp(out[:, 3:6])  # b' = b exp(dlog_b)
     return m, b, torch.tanh(out[:, 6:9])

@@ -30,6 +30,12 @@ def chunk_generator(seed: int, purpose: int, step: int, chunk: int) -> np.random
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, purpose, step, chunk])))
 
 
+def part_step(step: int, part: int) -> int:
+    """The stream id of part `part` (< 16) of step `step` of a grouped step (step_context.py): 2^20 + 16 step + part,
+    apart from every plain step's id."""
+    return (1 << 20) + 16 * step + part
+
+
 def unit_doubles(raw: np.ndarray) -> np.ndarray:
     """The doubles in [0, 1) that `Generator.random()` makes of raw 64-bit PCG64 draws: (r >> 11) 2^-53."""
     return (raw >> np.uint64(11)).astype(np.float64) * 2.0**-53

@@ -38,7 +38,8 @@ class StepContext:
     mu_p: Tensor  # (1, 3, H, W)
     sigma_p: Tensor  # (1, 3, H, W): std of the network's logistic g
     delta: Tensor  # scalar: width of the uniform posterior
-    clock: dict[str, float]  # seconds per phase ("tables", "coder", "rec"), added to by the coders
+    clock: dict[str, float]  # seconds per phase ("tables", "coder", "rec", "context"), added to by the coders
+    x_hat: Tensor | None = None  # (1, 3, H, W): the U-Net's denoise(z_t) in [-1, 1], for a step context network
 
     def flat_prior(self) -> StepPrior:
         """The prior as flat float64 CPU tensors, as REC takes it."""
@@ -77,6 +78,7 @@ class SentStep:
     coded: Future[Coded]  # the payload: finished, or still being range coded on the encoder's worker thread
     z_s: Tensor  # (1, 3, H, W): the decoder's z_s, bit-identical
     kl_bits: float  # the step's KL(q || p) in bits (for UQ: the Monte-Carlo KL at z_s, which is what UQ spends)
+    coder_id: int  # the chunk's coder id (a grouped coder may send a small step plainly)
 
 
 class StepCoder(Protocol):
@@ -129,7 +131,7 @@ class UQCoder:
         coded = start(pool, lambda: code_symbols(symbols, mean, scale))
         z_s = (k - u) * ctx.delta + ctx.mu_p
         kl = float(step_bits(z_s, ctx.mu_p, ctx.sigma_p, ctx.delta).double().sum())
-        return SentStep(coded, z_s, kl)
+        return SentStep(coded, z_s, kl, self.coder_id)
 
     def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
         """z_s from the payload. No overlap is possible here: the next network call needs this z_s, and z_s needs
@@ -158,7 +160,7 @@ class RecCoder:
                            self.power)
         z_s = sent.z_s.float().reshape(ctx.z_t.shape).to(ctx.z_t.device)
         ctx.clock["rec"] = ctx.clock.get("rec", 0.0) + time.perf_counter() - t
-        return SentStep(start(None, lambda: Coded(sent.payload, sent.bits, {})), z_s, sent.kl_bits)
+        return SentStep(start(None, lambda: Coded(sent.payload, sent.bits, {})), z_s, sent.kl_bits, self.coder_id)
 
     def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
         t = time.perf_counter()

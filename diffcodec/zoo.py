@@ -6,13 +6,16 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, replace
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .context import CONTEXT_FILE, PixelContext, load_context
 from .errors import BadInputError, ModelError
+from .step_context import STEP_CONTEXT_FILE, StepNets, load_step_nets
 from .steps import Coding
 from .uqdm import UQDM, ModelConfig
 
@@ -39,6 +42,7 @@ class LoadedModel:
     default_steps: int  # how many of the model's steps a file codes unless told (codec.json, else all)
     coding: Coding  # how the encoder sends the steps unless told (codec.json, else plain UQ)
     context: PixelContext | None = None  # the pixel context network beside the model file (context.pt), if any
+    step_nets: StepNets | None = None  # the step context networks beside it (step_context.pt), if any
 
 
 def resolve(name_or_path: str | Path) -> tuple[str, Path]:
@@ -123,32 +127,35 @@ def default_coding(path: Path, steps: int) -> Coding:
 
 
 @lru_cache(maxsize=4)
-def _load_cached(path: str, mtime: float, context_mtime: float | None, device: str) -> LoadedModel:
+def _load_cached(path: str, mtimes: tuple[float | None, ...], device: str) -> LoadedModel:
     p = Path(path)
     name = p.parent.name if p.name == WEIGHTS_FILE else p.stem
     model = load_file(p, device)
     digest = weights_hash(p)
     steps = default_steps(p, model)
-    return LoadedModel(name, digest, p, model, steps, default_coding(p, steps), find_context(p, digest, device))
+    context = _beside(p, CONTEXT_FILE, digest, lambda f: load_context(f, weights_hash(f), device), "train-context")
+    step_nets = _beside(p, STEP_CONTEXT_FILE, digest, lambda f: load_step_nets(f, weights_hash(f), device),
+                        "train-step-context")
+    return LoadedModel(name, digest, p, model, steps, default_coding(p, steps), context, step_nets)
 
 
-def find_context(path: Path, model_hash: bytes, device: str | torch.device = "cpu") -> PixelContext | None:
-    """The pixel context network beside a model file (context.pt), if there is one; refused if it was trained
-    for other weights."""
-    f = path.parent / CONTEXT_FILE
+def _beside(path: Path, file: str, model_hash: bytes, load: Callable[[Path], Any], command: str) -> Any:
+    """A context file beside a model file, loaded, if there is one; refused if it was trained for other weights."""
+    f = path.parent / file
     if path.name != WEIGHTS_FILE or not f.is_file():
         return None
-    context = load_context(f, weights_hash(f), device)
+    context = load(f)
     if context.model_hash != model_hash:
         raise ModelError(f"{f} was trained for weights {context.model_hash.hex()}, but {path} has "
-                         f"{model_hash.hex()}: retrain it (diffcodec train-context) or remove it")
+                         f"{model_hash.hex()}: retrain it (diffcodec {command}) or remove it")
     return context
 
 
 def load_model(name_or_path: str | Path = DEFAULT_MODEL, device: str = "cpu") -> LoadedModel:
     """Load (and cache) a model by zoo name or path."""
     name, path = resolve(name_or_path)
-    context = path.parent / CONTEXT_FILE
-    context_mtime = context.stat().st_mtime if context.is_file() else None  # a new context.pt is seen at once
-    loaded = _load_cached(str(path.resolve()), path.stat().st_mtime, context_mtime, device)
+    # a new model, context.pt or step_context.pt is seen at once
+    mtimes = tuple(f.stat().st_mtime if f.is_file() else None
+                   for f in (path, path.parent / CONTEXT_FILE, path.parent / STEP_CONTEXT_FILE))
+    loaded = _load_cached(str(path.resolve()), mtimes, device)
     return replace(loaded, name=name)

@@ -199,8 +199,8 @@ def test_crc_chain_catches_reordered_and_spliced_chunks() -> None:
 
 def test_unknown_coder_id_is_named() -> None:
     data = write_stream(rgb_header(), [Chunk(CODER_UQ, b"x", check=0)])
-    data += raw_chunk(7, b"from the future", last_crc(data))
-    with pytest.raises(BitstreamError, match="chunk 1: unknown coder id 7"):
+    data += raw_chunk(8, b"from the future", last_crc(data))
+    with pytest.raises(BitstreamError, match="chunk 1: unknown coder id 8"):
         read_stream(data)
 
 
@@ -283,7 +283,7 @@ def test_longest_name_and_palette_fit() -> None:
 
 @pytest.mark.parametrize(
     ("coder", "payload", "check"),
-    [(0, b"", 0), (6, b"", 0), (CODER_UQ, bytearray(b"x"), 0), (CODER_UQ, b"", -1), (CODER_UQ, b"", 2**32)],
+    [(0, b"", 0), (8, b"", 0), (CODER_UQ, bytearray(b"x"), 0), (CODER_UQ, b"", -1), (CODER_UQ, b"", 2**32)],
 )
 def test_invalid_chunk_is_refused(coder: int, payload: bytes, check: int) -> None:
     with pytest.raises(BadInputError):

@@ -182,7 +182,7 @@ def test_encode_json_has_the_documented_keys(tmp_path: Path, tiny_model: Path) -
     assert result.stderr == ""  # no progress bar with --json
     doc = strict_json(result.stdout)
     assert set(doc) == {"bytes", "bpp", "ideal_bits", "nelbo_bits", "seconds", "rungs"}
-    assert set(doc["seconds"]) == {"network", "tables", "coder", "rec", "total"}
+    assert set(doc["seconds"]) == {"network", "tables", "coder", "rec", "context", "total"}
     assert all(isinstance(v, float) and v >= 0 for v in doc["seconds"].values())
     assert doc["bytes"] == out.stat().st_size
     assert doc["bpp"] == pytest.approx(doc["bytes"] * 8 / (37 * 53))

@@ -221,7 +221,7 @@ def test_ideal_bits_match_the_coder_bytes(report20: diffcodec.EncodeResult) -> N
     assert report20.ideal_bits == pytest.approx(sum(r.ideal_bits for r in report20.rungs))
     assert math.isfinite(report20.nelbo_bits) and report20.nelbo_bits > 0
     assert report20.bpp == pytest.approx(len(report20.data) * 8 / (37 * 53))
-    assert set(report20.seconds) == {"network", "tables", "coder", "rec", "total"}
+    assert set(report20.seconds) == {"network", "tables", "coder", "rec", "context", "total"}
 
 
 def test_report_rungs_match_the_container(report20: diffcodec.EncodeResult) -> None:

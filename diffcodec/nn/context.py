@@ -1,9 +1,10 @@
-"""The pixel context network: what the pixels decoded so far say about the rest (DESIGN.md section 6, context).
+"""The context network: what the values decoded so far say about the rest (DESIGN.md section 6, context).
 
-A small full-resolution residual conv stack. It sees the U-Net's guess x_hat and scale s_hat at z_T, z_T itself,
-the pixels already decoded (zero elsewhere) and two masks (decoded, being decoded), and returns per sub-pixel
-a mean offset, a log-scale offset and the channel coefficients kappa of diffcodec.context. Its last layer starts
-at zero, so an untrained network is exactly the factorised p(x | z_T).
+A small full-resolution residual conv stack. It sees the U-Net's guess x_hat and a scale at z, z itself, the values
+already decoded (zero elsewhere) and two masks (decoded, being decoded), and returns per sub-pixel a mean offset, a
+log-scale offset and the channel coefficients kappa of diffcodec.context. Its last layer starts at zero, so an
+untrained network leaves the model's own prior as it is. The pixel context (context.py) decodes pixels with it; the
+step context (step_context.py) a diffusion step's z_s.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-INPUTS = 3 + 3 + 3 + 3 + 2  # x_hat, z, log s_hat, decoded pixels, decoded mask, target mask
+INPUTS = 3 + 3 + 3 + 3 + 2  # x_hat, z, a log scale, decoded values, decoded mask, target mask
 OUTPUTS = 3 + 3 + 3  # mean offsets, log-scale offsets, channel coefficients (before tanh)
 
 
@@ -29,7 +30,7 @@ class ContextConfig:
 
 
 class ContextNet(nn.Module):
-    """(x_hat, z, log s_hat, decoded, decoded mask, target mask) -> (B, 9, H, W) raw outputs."""
+    """(x_hat, z, log scale, decoded, decoded mask, target mask) -> (B, 9, H, W) raw outputs."""
 
     def __init__(self, config: ContextConfig = ContextConfig()) -> None:
         super().__init__()

@@ -148,3 +148,58 @@ def train_context_command(
         summary = train_context(opts, log=bar.console.print if bar else print, report=report if bar else None)
     print(f"{summary.path}: {summary.parameters} parameters, {summary.iters} steps in {summary.seconds / 60:.1f} min; "
           f"held-out pixel bits {summary.context_bits:.4f} per sub-pixel (factorised {summary.factorised_bits:.4f})")
+
+
+def train_step_context_command(
+    data: Path = typer.Argument(..., help="folder of training photos (1 in 25 is held out to measure the bits)"),
+    model: str = typer.Option("default", "--model", "-m", help="the model (name or folder) whose steps to model; "
+                              "it stays frozen"),
+    step: Optional[list[int]] = typer.Option(None, "--step", min=1, help="a step to fit (1 is the first step, "
+                                             "t_0 -> t_1); repeat it for more (default: every step of the model's "
+                                             "codec.json)"),
+    iters: int = typer.Option(3000, "--iters", min=1, help="optimiser steps per step network"),
+    batch: int = typer.Option(16, "--batch", min=1, help="crops per optimiser step"),
+    crop: int = typer.Option(64, "--crop", min=8, help="crop side in pixels (even)"),
+    pool: int = typer.Option(2048, "--pool", min=1, help="training crops taken down the chain once per step, then "
+                             "resampled"),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0, help="peak Adam learning rate (cosine to a tenth)"),
+    width: int = typer.Option(16, "--width", min=1, help="channels of each step's context network"),
+    blocks: int = typer.Option(2, "--blocks", min=0, help="residual blocks of each step's context network"),
+    eval_every: int = typer.Option(500, "--eval-every", min=1, help="optimiser steps between held-out measurements "
+                                   "(and saves)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="step context file to write (default: step_context.pt "
+                                       "beside the model file, where the codec finds it)"),
+    val: Optional[Path] = typer.Option(None, "--val", help="held-out photos (default: 1 in 25 photos of DATA)"),
+    seed: int = typer.Option(0, "--seed", min=0, help="seed of the crops, the noise and the batches"),
+    threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch's default)"),
+    init: Optional[Path] = typer.Option(None, "--init", help="step context file to start from (made for this model "
+                                        "and holding these steps; its networks' width and blocks are kept)"),
+) -> None:
+    """Fit the step context networks of a trained model: each diffusion step's z_s is then sent in four
+    checkerboard groups, each seeing the groups before it, and G given R, B given R and G in each pixel.
+    Writes step_context.pt beside the model (the encoder then groups every step it has a network for; files
+    already made keep decoding, since a plain step does not need it)."""
+    from .step_context import StepContextOptions, train_step_context
+
+    for folder, flag in ((data, "DATA"), (val, "--val")):
+        if folder is not None and not folder.is_dir():
+            raise BadInputError(f"{flag} {folder}: not a directory")
+    if init is not None and not init.is_file():
+        raise BadInputError(f"--init {init}: no such file")
+    if crop % 2:
+        raise BadInputError(f"--crop must be even (the groups tile 2 x 2 blocks), got {crop}")
+    if threads:
+        torch.set_num_threads(threads)
+    opts = StepContextOptions(data=data, model=model, steps=tuple(step or ()), iters=iters, batch=batch, crop=crop,
+                              pool=pool, lr=lr, width=width, blocks=blocks, eval_every=eval_every, seed=seed, out=out,
+                              val=val, init=init)
+    console = Console(stderr=True)
+    with _bar(console, console.is_terminal) as (bar, task):
+        def report(done: int, total: int, bits: float) -> None:
+            bar.update(task, completed=done, total=total, stats=f"step bits {bits:.4f}")
+
+        summary = train_step_context(opts, log=bar.console.print if bar else print, report=report if bar else None)
+    per_step = ", ".join(f"step {i}: {summary.context_bits[i]:.4f} (plain {summary.plain_bits[i]:.4f})"
+                         for i in sorted(summary.context_bits))
+    print(f"{summary.path}: {summary.parameters} parameters in {summary.seconds / 60:.1f} min; held-out bits per "
+          f"sub-pixel {per_step}")

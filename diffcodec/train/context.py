@@ -21,7 +21,7 @@ from ..errors import BadInputError
 from ..nn.context import ContextConfig, ContextNet
 from ..uqdm import UQDM, denoise, forward_chain, pixel_bits, pixel_prior, to_unit
 from ..zoo import load_model
-from .data import CropCache, list_images, split_holdout
+from .data import train_val_crops
 
 POOL_BATCH = 32  # crops per U-Net call while the pool is made
 
@@ -110,17 +110,10 @@ def train_context(opts: ContextOptions, log: Callable[[str], None] = print,
     if not 1 <= steps <= loaded.model.steps:
         raise BadInputError(f"--steps must be in [1, {loaded.model.steps}] for model {loaded.name!r}, got {steps}")
     out = opts.out or loaded.path.parent / CONTEXT_FILE
-    train_paths, val_paths = split_holdout(list_images(opts.data))
-    if opts.val is not None:
-        train_paths, val_paths = train_paths + val_paths, list_images(opts.val)
-    if not train_paths or not val_paths:
-        raise BadInputError(f"{opts.data}: needs photos both to train on and to hold out (1 in 25, or --val), "
-                            f"found {len(train_paths)} and {len(val_paths)}")
     rng = np.random.default_rng(opts.seed)
     gen = torch.Generator().manual_seed(opts.seed)
     with torch.no_grad():
-        train_pix = CropCache(train_paths, opts.crop).sample(opts.pool, rng)
-        val_pix = CropCache(val_paths, opts.crop).sample(opts.val_crops, rng)
+        train_pix, val_pix = train_val_crops(opts.data, opts.val, opts.crop, opts.pool, opts.val_crops, rng)
         log(f"taking {len(train_pix)} training and {len(val_pix)} held-out crops to z_{steps} ...")
         train_end = chain_ends(loaded.model, train_pix, steps, gen)
         val_end = chain_ends(loaded.model, val_pix, steps, gen)

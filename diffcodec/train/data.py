@@ -60,3 +60,16 @@ class CropCache:
             crop = im[:, y : y + c, x : x + c]
             out.append(crop.flip(2) if generator.random() < 0.5 else crop)
         return torch.stack(out)
+
+
+def train_val_crops(data: Path, val: Path | None, crop: int, pool: int, val_crops: int,
+                    generator: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pool` training and `val_crops` held-out uint8 crops: held out are 1 in 25 photos of `data` by name hash, or
+    the photos of `val` (then all of `data` trains)."""
+    train_paths, val_paths = split_holdout(list_images(data))
+    if val is not None:
+        train_paths, val_paths = train_paths + val_paths, list_images(val)
+    if not train_paths or not val_paths:
+        raise BadInputError(f"{data}: needs photos both to train on and to hold out (1 in 25, or --val), "
+                            f"found {len(train_paths)} and {len(val_paths)}")
+    return CropCache(train_paths, crop).sample(pool, generator), CropCache(val_paths, crop).sample(val_crops, generator)

@@ -1,0 +1,212 @@
+"""The step context: a diffusion step's z_s sent in four checkerboard groups, each group's prior refined by the groups
+already sent (DESIGN.md section 6, carried from the pixels to the steps).
+
+For group g of step i (t -> s), the step's context network (nn/context.py; one network per step) sees the U-Net's
+x_hat and z_t, log(sigma_p / delta), the residuals (z_s - mu_p) / delta of groups < g (zero elsewhere) and the two
+masks, and refines the network's prior p(z_s | z_t) of (mu_p, sigma_p):
+
+    mu' = mu_p + MEAN_STEP delta dmu,  sigma' = sigma_p exp(dlog_sigma),  kappa = tanh(raw)
+    mu'_G <- mu'_G + kappa_1 (z_R - mu'_R),  mu'_B <- mu'_B + kappa_2 (z_R - mu'_R) + kappa_3 (z_G - mu'_G)
+
+Each of the 12 parts (group 0 R, G, B, group 1 R, G, B, ...) is then sent by the step's own coder (UQ or REC) under
+(mu', sigma') with a randomness stream of its own (rng.part_step), so within a pixel G is sent given R, and B given
+R and G. An untrained network (last layer zero, kappa 0) is exactly the plain prior.
+
+Chunk payload (coders `uq-grouped`, `rec-grouped`): the 8-byte hash of the step context file, then per part in order
+a u32le length and the part's payload as its coder (`uq` or `rec-power`) writes it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import rng
+from .bitstream import CODER_REC_GROUPED, CODER_REC_POWER, CODER_UQ, CODER_UQ_GROUPED
+from .context import GROUPS, channel_means, context_features, group_mask
+from .determinism import one_thread
+from .errors import BitstreamError, ModelError
+from .nn.context import ContextConfig, ContextNet
+from .rec.family import kl_bits
+from .steps import Coded, SentStep, StepCoder, StepContext, receiver, start
+from .tiling import run_tiled
+from .uqdm import posterior
+
+STEP_CONTEXT_FILE = "step_context.pt"  # beside a model file: its step context networks
+MEAN_STEP = 0.5  # units of delta per unit of the network's mean output
+HASH_SIZE = 8
+PARTS = 3 * len(GROUPS)  # (group, channel) parts of a grouped step, in coding order
+MIN_STEP_BITS = 8 * 1024
+"""The encoder groups a step only when its Gaussian KL under the plain prior is at least this: the framing of a
+grouped step (about 60 bytes, 130 with REC's per-part prefixes) would eat what the context saves on a smaller one."""
+GROUPED = {CODER_UQ: CODER_UQ_GROUPED, CODER_REC_POWER: CODER_REC_GROUPED}
+"""Coder id of a step's parts -> coder id of the grouped chunk."""
+_PART_CODER = {grouped: part for part, grouped in GROUPED.items()}
+_LENGTH = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class StepNets:
+    """The step context networks of one model: one per step index i (the step from t_i), for the steps it has."""
+
+    nets: dict[int, ContextNet]
+    model_hash: bytes  # weights hash of the UQDM they were trained on
+    weights_hash: bytes  # first 8 bytes of sha256(step context file), written at the start of every grouped chunk
+
+
+def save_step_nets(path: Path, nets: dict[int, ContextNet], model_hash: bytes) -> None:
+    """Write a step context file (per step: config and float32 weights; the model's hash), atomically."""
+    blob = {"nets": {str(i): {"config": net.config.to_dict(),
+                              "state_dict": {k: v.detach().float().cpu() for k, v in net.state_dict().items()}}
+                     for i, net in nets.items()},
+            "model_hash": model_hash.hex()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+
+
+def load_step_nets(path: Path, weights_hash: bytes, device: str | torch.device = "cpu") -> StepNets:
+    """Read a step context file written by `save_step_nets`; `weights_hash` is the file's (zoo.weights_hash)."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        nets = {}
+        for i, entry in blob["nets"].items():
+            net = ContextNet(ContextConfig(**entry["config"]))
+            net.load_state_dict(entry["state_dict"])
+            nets[int(i)] = net.to(device).eval().requires_grad_(False)
+        model_hash = bytes.fromhex(blob["model_hash"])
+    except Exception as e:  # any failure to read the file is a model error for the user
+        first_line = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ModelError(f"{path}: not a diffcodec step context file ({type(e).__name__}: {first_line})") from None
+    return StepNets(nets, model_hash, weights_hash)
+
+
+def group_prior(net: ContextNet, ctx: StepContext, z_s: Tensor, g: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(mu', sigma', kappa), (B, 3, H, W) each, of group g given `z_s` (B, 3, H, W), of which only the entries of
+    groups < g are read."""
+    residual = (z_s - ctx.mu_p) / ctx.delta
+    log_ratio = (ctx.sigma_p / ctx.delta).log()
+    out = run_tiled(net, context_features(ctx.x_hat, ctx.z_t, log_ratio, residual, g))
+    mu = ctx.mu_p + MEAN_STEP * ctx.delta * out[:, 0:3]  # mu' = mu_p + MEAN_STEP delta dmu
+    sigma = ctx.sigma_p * torch.exp(out[:, 3:6])  # sigma' = sigma_p exp(dlog_sigma)
+    return mu, sigma, torch.tanh(out[:, 6:9])
+
+
+def _part(t: Tensor, mask: Tensor, c: int) -> Tensor:
+    """Channel c of the masked pixels of (1, 3, H, W) as (1, 1, 1, n), row-major."""
+    return t[0, c][mask].reshape(1, 1, 1, -1)
+
+
+class GroupedCoder:
+    """A step sent in PARTS parts under its step context network, each part by `inner` (UQ or REC)."""
+
+    def __init__(self, inner: StepCoder, net: ContextNet, weights_hash: bytes) -> None:
+        if inner.coder_id not in GROUPED:
+            raise ValueError(f"coder id {inner.coder_id} has no grouped form")
+        self.inner, self.net, self.weights_hash = inner, net, weights_hash
+        self.coder_id = GROUPED[inner.coder_id]
+
+    def _walk(self, ctx: StepContext, send_part: Callable[[int, StepContext, Tensor], Tensor]) -> Tensor:
+        """z_s (1, 3, H, W), part by part: `send_part(part, part_ctx, mask)` returns the part's z_s (1, 1, 1, n)."""
+        h, w = ctx.z_t.shape[-2:]
+        z_s = torch.zeros_like(ctx.z_t)
+        part = 0
+        for g in range(len(GROUPS)):
+            t = time.perf_counter()
+            with torch.no_grad(), one_thread():
+                mu, sigma, kappa = group_prior(self.net, ctx, z_s, g)
+            ctx.clock["context"] = ctx.clock.get("context", 0.0) + time.perf_counter() - t
+            mask = group_mask(g, h, w, ctx.z_t.device)
+            for c in range(3):
+                mean = channel_means(mu[0], kappa[0], z_s[0])[None]  # mu'_c reads the channels before c, in z_s
+                part_ctx = replace(ctx, step=rng.part_step(ctx.step, part), z_t=_part(ctx.z_t, mask, c),
+                                   mu_p=_part(mean, mask, c), sigma_p=_part(sigma, mask, c), x_hat=None)
+                z_s[0, c][mask] = send_part(part, part_ctx, mask).reshape(-1)
+                part += 1
+        return z_s
+
+    def send(self, ctx: StepContext, x: Tensor, pool: Executor | None = None) -> SentStep:
+        """The parts in order, each part's payload finished before the next part starts; a step of Gaussian KL under
+        MIN_STEP_BITS goes to `inner` whole."""
+        mu_q = posterior(ctx.z_t, x, ctx.gamma_t, ctx.gamma_s)[0].reshape(-1).double().cpu()
+        if float(kl_bits("gaussian", ctx.flat_prior(), mu_q).sum()) < MIN_STEP_BITS:
+            return self.inner.send(ctx, x, pool)
+        payloads, bits, kl, clock = [], 8.0 * (HASH_SIZE + _LENGTH.size * PARTS), 0.0, {}
+
+        def send_part(part: int, part_ctx: StepContext, mask: Tensor) -> Tensor:
+            nonlocal bits, kl
+            c = part % 3
+            sent = self.inner.send(part_ctx, _part(x, mask, c))
+            coded = sent.coded.result()
+            payloads.extend([_LENGTH.pack(len(coded.payload)), coded.payload])
+            bits, kl = bits + coded.bits, kl + sent.kl_bits
+            for phase, seconds in coded.clock.items():
+                clock[phase] = clock.get(phase, 0.0) + seconds
+            return sent.z_s
+
+        z_s = self._walk(ctx, send_part)
+        coded = Coded(b"".join([self.weights_hash, *payloads]), bits, clock)
+        return SentStep(start(None, lambda: coded), z_s, kl, self.coder_id)
+
+    def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
+        """z_s from a grouped chunk (BitstreamError if it is cut or has bytes after its last part)."""
+        pos = HASH_SIZE
+
+        def receive_part(part: int, part_ctx: StepContext, mask: Tensor) -> Tensor:
+            nonlocal pos
+            if pos + _LENGTH.size > len(payload):
+                raise BitstreamError(f"the grouped step chunk ends before part {part}: it is corrupt")
+            (n,) = _LENGTH.unpack_from(payload, pos)
+            pos += _LENGTH.size + n
+            if pos > len(payload):
+                raise BitstreamError(f"the grouped step chunk ends inside part {part}: it is corrupt")
+            return self.inner.receive(part_ctx, payload[pos - n : pos])
+
+        z_s = self._walk(ctx, receive_part)
+        if pos != len(payload):
+            raise BitstreamError(f"the grouped step chunk has {len(payload) - pos} bytes after its last part: "
+                                 "it is corrupt")
+        return z_s
+
+
+def part_coder(coder_id: int) -> int:
+    """The coder id of a grouped step chunk's parts; any other id unchanged."""
+    return _PART_CODER.get(coder_id, coder_id)
+
+
+def grouped_receiver(coder_id: int, chunk: int, nets: StepNets | None, payload: bytes) -> StepCoder:
+    """The coder that reads step chunk `chunk`: `steps.receiver` for a plain chunk; for a grouped one, its parts'
+    coder under the step's network in `nets` (ModelError if the model has none, or other weights)."""
+    if coder_id not in _PART_CODER:
+        return receiver(coder_id, chunk)
+    wanted = payload[:HASH_SIZE].hex()
+    if nets is None or chunk not in nets.nets:
+        raise ModelError(f"chunk {chunk} was sent with a step context network (weights {wanted}), but this model "
+                         f"has none for step {chunk + 1} ({STEP_CONTEXT_FILE} beside the model file); rungs 0 to "
+                         f"{chunk} decode without it (--rung {chunk})")
+    if nets.weights_hash.hex() != wanted:
+        raise ModelError(f"chunk {chunk} was sent with step context weights {wanted}, but this model's "
+                         f"{STEP_CONTEXT_FILE} has {nets.weights_hash.hex()}; rungs 0 to {chunk} decode without it "
+                         f"(--rung {chunk})")
+    return GroupedCoder(receiver(_PART_CODER[coder_id], chunk), nets.nets[chunk], nets.weights_hash)
+
+
+def grouped_coders(coders: list[StepCoder], nets: StepNets | None) -> list[StepCoder]:
+    """The encoder's coders with each step that has a network in `nets` grouped (`GroupedCoder.send` sends a small
+    step plainly)."""
+    if nets is None:
+        return coders
+    return [GroupedCoder(c, nets.nets[i], nets.weights_hash) if i in nets.nets and c.coder_id in GROUPED else c
+            for i, c in enumerate(coders)]
+
+
+__all__ = ["GROUPED", "MIN_STEP_BITS", "PARTS", "STEP_CONTEXT_FILE", "GroupedCoder", "StepNets", "group_prior",
+           "grouped_coders", "grouped_receiver", "load_step_nets", "part_coder", "save_step_nets"]

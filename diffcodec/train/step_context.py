@@ -1,0 +1,192 @@
+"""Fitting a model's step context networks (step_context.py), the UQDM frozen.
+
+Training crops go down the chain to z_t of each step (each earlier step draws z_s from its own posterior family,
+as the model's codec.json sends it; no network), the U-Net runs once there for the step's prior, and z_s is drawn
+from the step's posterior. The step's network then learns, for a random group g of each batch, what the step costs
+under the refined prior: the Gaussian KL(q || p') of a Gaussian REC step, -log2 p'(z_s | z_t) - log2 delta of a
+uniform one (UQ or uniform REC). A pool of such crops is made once per step and sampled with replacement.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..context import GROUPS, channel_means
+from ..errors import BadInputError
+from ..nn.context import ContextConfig, ContextNet
+from ..rec.family import StepPrior, kl_bits
+from ..step_context import STEP_CONTEXT_FILE, group_prior, load_step_nets, save_step_nets
+from ..steps import RecCoder, StepContext
+from ..uqdm import UQDM, denoise, posterior, posterior_width, prior, step_bits, to_unit
+from ..schedule import alpha, sigma
+from ..zoo import load_model
+from .data import train_val_crops
+
+POOL_BATCH = 32  # crops per U-Net call while a pool is made
+
+
+@dataclass
+class StepContextOptions:
+    """Everything `diffcodec train-step-context` accepts (see its --help)."""
+
+    data: Path
+    model: str = "default"
+    steps: tuple[int, ...] = ()  # the steps (1 = t_0 -> t_1) to fit; () = every step of the model's default T
+    iters: int = 3000
+    batch: int = 16
+    crop: int = 64
+    pool: int = 2048
+    val_crops: int = 256
+    lr: float = 1e-3
+    width: int = 16
+    blocks: int = 2
+    eval_every: int = 500
+    seed: int = 0
+    out: Path | None = None  # default: step_context.pt beside the model file
+    val: Path | None = None  # held-out photos (default: 1 in 25 of data, by name hash)
+    init: Path | None = None  # a step context file to start from (its networks replace width and blocks)
+
+
+@dataclass
+class StepContextSummary:
+    """How a fit went: per step, the held-out bits per sub-pixel under the plain prior and with context."""
+
+    path: Path
+    seconds: float
+    plain_bits: dict[int, float]
+    context_bits: dict[int, float]
+    parameters: int
+
+
+def _sample(family: str, mu_q: Tensor, delta: Tensor, generator: torch.Generator) -> Tensor:
+    """z_s ~ q(z_s | z_t, x): U(mu_q -+ delta/2) ("uniform") or N(mu_q, delta^2 / 12) ("gaussian")."""
+    if family == "gaussian":
+        return mu_q + delta / math.sqrt(12.0) * torch.randn(mu_q.shape, generator=generator)
+    return mu_q + delta * (torch.rand(mu_q.shape, generator=generator) - 0.5)
+
+
+class StepPool:
+    """Crops taken to step i: the step's context (z_t, x_hat, mu_p, sigma_p, delta) and q's mean and a z_s ~ q."""
+
+    def __init__(self, model: UQDM, families: list[str], i: int, pixels: Tensor, generator: torch.Generator) -> None:
+        gammas = model.gammas(len(families)).detach()
+        parts = []
+        for k in range(0, len(pixels), POOL_BATCH):
+            x = to_unit(pixels[k : k + POOL_BATCH])
+            z = alpha(gammas[0]) * x + sigma(gammas[0]) * torch.randn(x.shape, generator=generator)
+            for j in range(i):  # the steps before i, each from its own posterior
+                mu_q, delta = posterior(z, x, gammas[j], gammas[j + 1])
+                z = _sample(families[j], mu_q, delta, generator)
+            eps_hat, s_hat = model.predict(z, gammas[i])
+            mu_p, sigma_p = prior(z, eps_hat, s_hat, gammas[i], gammas[i + 1])
+            mu_q, delta = posterior(z, x, gammas[i], gammas[i + 1])
+            x_hat = denoise(z, eps_hat, gammas[i]).clamp(-1, 1)
+            parts.append((z, x_hat, mu_p, sigma_p, mu_q, _sample(families[i], mu_q, delta, generator)))
+        self.z_t, self.x_hat, self.mu_p, self.sigma_p, self.mu_q, self.z_s = (torch.cat(t) for t in zip(*parts))
+        self.family = families[i]
+        self.gamma_t, self.gamma_s = gammas[i], gammas[i + 1]
+        self.delta = posterior_width(self.gamma_t, self.gamma_s)
+
+    def __len__(self) -> int:
+        return len(self.z_t)
+
+    def bits(self, net: ContextNet | None, idx: Tensor, g: int) -> Tensor:
+        """What the crops `idx` cost (B, 3, H, W) under group g's prior (the plain prior for net None); only the
+        entries of group g's pixels are the group's bits."""
+        z_t, mu_p, sigma_p, mu_q, z_s = self.z_t[idx], self.mu_p[idx], self.sigma_p[idx], self.mu_q[idx], self.z_s[idx]
+        if net is not None:
+            ctx = StepContext(0, 0, z_t, self.gamma_t, self.gamma_s, mu_p, sigma_p, self.delta, {}, self.x_hat[idx])
+            mu, sigma_p, kappa = group_prior(net, ctx, z_s, g)
+            mu_p = _channel_means(mu, kappa, z_s)
+        if self.family == "gaussian":
+            return kl_bits("gaussian", StepPrior(mu_p, sigma_p, self.delta), mu_q)
+        return step_bits(z_s, mu_p, sigma_p, self.delta)
+
+
+def _channel_means(mu: Tensor, kappa: Tensor, z_s: Tensor) -> Tensor:
+    """context.channel_means over a batch (B, 3, H, W)."""
+    return channel_means(mu.transpose(0, 1), kappa.transpose(0, 1), z_s.transpose(0, 1)).transpose(0, 1)
+
+
+@torch.no_grad()
+def held_out_bits(net: ContextNet | None, pool: StepPool) -> float:
+    """Bits per sub-pixel of the step on the pool's crops, all groups (the plain prior for net None)."""
+    idx = torch.arange(len(pool))
+    total = sum(float(pool.bits(net, idx, g)[..., dy::2, dx::2].double().sum()) for g, (dy, dx) in enumerate(GROUPS))
+    return total / pool.z_t.numel()
+
+
+def step_families(coders: list) -> list[str]:
+    """The posterior family each step draws z_s from: a REC coder's, else (UQ) uniform."""
+    return [c.family if isinstance(c, RecCoder) else "uniform" for c in coders]
+
+
+def _initial_nets(opts: StepContextOptions, model_hash: bytes, steps: list[int]) -> dict[int, ContextNet]:
+    """Networks to train, by step index: those of `opts.init` (made for this model), else new weights from the seed."""
+    if opts.init is None:
+        with torch.random.fork_rng():  # the initial weights come from the seed, not from the caller's random state
+            torch.manual_seed(opts.seed)
+            return {i: ContextNet(ContextConfig(opts.width, opts.blocks)) for i in steps}
+    start = load_step_nets(opts.init, b"")  # its file hash names coded chunks only: not needed to train
+    if start.model_hash != model_hash or not set(steps) <= set(start.nets):
+        raise BadInputError(f"--init {opts.init}: made for model {start.model_hash.hex()} and steps "
+                            f"{sorted(i + 1 for i in start.nets)}, not {model_hash.hex()} and {[i + 1 for i in steps]}")
+    return {i: start.nets[i].requires_grad_(True).train() for i in steps}
+
+
+def train_step_context(opts: StepContextOptions, log: Callable[[str], None] = print,
+                       report: Callable[[int, int, float], None] | None = None) -> StepContextSummary:
+    """Fit the step context networks of `opts.model` for `opts.steps`, one after the other; write them
+    (atomically, after every evaluation) beside the model."""
+    t0 = time.perf_counter()
+    loaded = load_model(opts.model)
+    T = loaded.default_steps
+    families = step_families(loaded.coding.coders(T))
+    steps = sorted({s - 1 for s in opts.steps}) if opts.steps else list(range(T))
+    if not all(0 <= i < T for i in steps):
+        raise BadInputError(f"--step must be in [1, {T}] for model {loaded.name!r} (its codec.json codes {T} steps), "
+                            f"got {sorted(s for s in opts.steps)}")
+    out = opts.out or loaded.path.parent / STEP_CONTEXT_FILE
+    rng = np.random.default_rng(opts.seed)
+    gen = torch.Generator().manual_seed(opts.seed)
+    with torch.no_grad():
+        train_pix, val_pix = train_val_crops(opts.data, opts.val, opts.crop, opts.pool, opts.val_crops, rng)
+    nets = _initial_nets(opts, loaded.weights_hash, steps)
+    plain, fitted = {}, {}
+    for n, i in enumerate(steps):
+        log(f"step {i + 1} ({families[i]}): taking {len(train_pix)} training and {len(val_pix)} held-out crops to "
+            f"z_t ...")
+        with torch.no_grad():
+            train_pool = StepPool(loaded.model, families, i, train_pix, gen)
+            val_pool = StepPool(loaded.model, families, i, val_pix, gen)
+        net = nets[i]
+        opt = torch.optim.Adam(net.parameters(), opts.lr)
+        plain[i + 1] = held_out_bits(None, val_pool)
+        log(f"step {i + 1}: held-out bits per sub-pixel: plain prior {plain[i + 1]:.4f}")
+        for it in range(opts.iters):
+            for group in opt.param_groups:  # cosine from lr to lr / 10
+                group["lr"] = opts.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / opts.iters)))
+            idx = torch.from_numpy(rng.integers(0, len(train_pool), opts.batch))
+            g = int(rng.integers(0, len(GROUPS)))
+            dy, dx = GROUPS[g]
+            loss = train_pool.bits(net, idx, g)[..., dy::2, dx::2].mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if report:
+                report(n * opts.iters + it + 1, len(steps) * opts.iters, float(loss))
+            if (it + 1) % opts.eval_every == 0 or it + 1 == opts.iters:
+                fitted[i + 1] = held_out_bits(net, val_pool)
+                log(f"step {i + 1}, iteration {it + 1}: held-out bits {fitted[i + 1]:.4f} "
+                    f"(plain {plain[i + 1]:.4f}, {100 * (fitted[i + 1] / plain[i + 1] - 1):+.2f}%)")
+                save_step_nets(out, {k: nets[k] for k in steps[: n + 1]}, loaded.weights_hash)
+    n_params = sum(p.numel() for net in nets.values() for p in net.parameters())
+    return StepContextSummary(out, time.perf_counter() - t0, plain, fitted, n_params)

@@ -1,0 +1,160 @@
+"""The step context networks: train-step-context, grouped steps that decode exactly, and their failures."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import diffcodec
+from diffcodec import step_context as sc
+from diffcodec.bitstream import (CODER_REC_GROUPED, CODER_REC_POWER, CODER_UQ, CODER_UQ_GROUPED, Chunk, read_stream,
+                                 write_stream)
+from diffcodec.cli import app
+from diffcodec.errors import BadInputError, BitstreamError, ModelError
+from diffcodec.train.step_context import StepContextOptions, train_step_context
+from diffcodec.zoo import load_model
+
+from conftest import DEFAULT_WEIGHTS, KODIM01, KODIM15, rgb_pixels
+
+STEPS = 5  # the default model's codec.json: steps 1-4 Gaussian REC, step 5 UQ
+GROUPED_IDS = [CODER_REC_GROUPED] * 4 + [CODER_UQ_GROUPED]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for f in (KODIM01, KODIM15):
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+def _copy_default(folder: Path) -> Path:
+    folder.mkdir()
+    for f in ("model.pt", "codec.json"):
+        shutil.copy(DEFAULT_WEIGHTS.parent / f, folder / f)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def grouped_model(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the default model with step context networks (8 channels, 1 block) fitted briefly on two real
+    crops, for steps 3, 4 and 5."""
+    folder = _copy_default(tmp_path_factory.mktemp("sc") / "default")
+    opts = StepContextOptions(data=photos, val=photos, model=str(folder), steps=(3, 4, 5), iters=40, batch=4,
+                              crop=32, pool=16, val_crops=8, lr=3e-3, width=8, blocks=1, eval_every=40)
+    summary = train_step_context(opts, log=lambda line: None)
+    assert summary.path == folder / sc.STEP_CONTEXT_FILE
+    assert sorted(summary.context_bits) == [3, 4, 5]
+    assert summary.context_bits[5] < summary.plain_bits[5]  # the fit learnt something
+    return folder
+
+
+@pytest.fixture
+def always_grouped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group every step that has a network, however small (the test images are small)."""
+    monkeypatch.setattr(sc, "MIN_STEP_BITS", 0)
+
+
+def test_the_fitted_networks_are_found_beside_the_model(grouped_model: Path) -> None:
+    loaded = load_model(grouped_model)
+    assert loaded.step_nets is not None and sorted(loaded.step_nets.nets) == [2, 3, 4]  # step indices
+    assert loaded.step_nets.model_hash == loaded.weights_hash
+
+
+def test_grouped_steps_decode_exactly(grouped_model: Path, always_grouped: None) -> None:
+    pixels = np.ascontiguousarray(rgb_pixels(KODIM15)[3:64, 5:52])  # 61 x 47: groups of unequal size
+    data = diffcodec.encode(pixels, model=grouped_model, seed=3)
+    assert [c.coder for c in read_stream(data).chunks[:STEPS]] == [CODER_REC_POWER] * 2 + GROUPED_IDS[2:]
+    rungs = diffcodec.decode_rungs(data, model=grouped_model)  # every rung is checked against the encoder's
+    assert np.array_equal(rungs[-1].pixels, pixels)
+    plain = diffcodec.encode(pixels, model=grouped_model, seed=3, context=False)
+    assert [c.coder for c in read_stream(plain).chunks[:STEPS]] == [CODER_REC_POWER] * 4 + [CODER_UQ]
+
+
+def test_the_context_makes_the_fitted_step_smaller(grouped_model: Path, always_grouped: None) -> None:
+    pixels = rgb_pixels(KODIM01)
+    result = diffcodec.encode_report(pixels, model=grouped_model, seed=3)
+    plain = diffcodec.encode_report(pixels, model=grouped_model, seed=3, context=False)
+    # step 5 (UQ) over its KL: the refined prior spends fewer bits than the plain one (framing included)
+    assert result.rungs[5].ideal_bits < plain.rungs[5].ideal_bits
+
+
+def test_a_small_step_is_sent_plainly(grouped_model: Path) -> None:
+    data = diffcodec.encode(rgb_pixels(KODIM01)[:16, :16], model=grouped_model, seed=3)
+    assert [c.coder for c in read_stream(data).chunks[:STEPS]] == [CODER_REC_POWER] * 4 + [CODER_UQ]
+
+
+def test_a_decoder_without_the_step_context_says_so(grouped_model: Path, always_grouped: None,
+                                                    tmp_path: Path) -> None:
+    data = diffcodec.encode(KODIM15, model=grouped_model, seed=3)
+    bare = _copy_default(tmp_path / "default")
+    with pytest.raises(ModelError, match="step context network"):
+        diffcodec.decode(data, model=bare)
+    # the rungs before the first grouped step need no network
+    assert np.array_equal(diffcodec.decode(data, model=bare, rung=2),
+                          diffcodec.decode(data, model=grouped_model, rung=2))
+    stream = tmp_path / "stream.bin"
+    stream.write_bytes(data)
+    result = CliRunner().invoke(app, ["decode", str(stream), "--model", str(bare), "-o", str(tmp_path / "out.png")])
+    assert result.exit_code != 0 and "step context network" in result.output and "--rung 2" in result.output
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_other_step_context_weights_are_refused(grouped_model: Path, always_grouped: None, tmp_path: Path) -> None:
+    data = diffcodec.encode(KODIM15, model=grouped_model, seed=3)
+    other = _copy_default(tmp_path / "default")
+    loaded = load_model(grouped_model)
+    assert loaded.step_nets is not None
+    nets = {i: net for i, net in loaded.step_nets.nets.items()}
+    with torch.no_grad():
+        nets[4].out.bias.add_(0.01)
+    sc.save_step_nets(other / sc.STEP_CONTEXT_FILE, nets, loaded.weights_hash)
+    with torch.no_grad():
+        nets[4].out.bias.sub_(0.01)
+    with pytest.raises(ModelError, match="step context weights"):
+        diffcodec.decode(data, model=other)
+
+
+def test_a_step_context_for_other_weights_is_refused(grouped_model: Path, other_model: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(other_model, folder / "model.pt")
+    shutil.copy(grouped_model / sc.STEP_CONTEXT_FILE, folder / sc.STEP_CONTEXT_FILE)
+    with pytest.raises(ModelError, match="trained for weights"):
+        load_model(folder)
+
+
+def test_a_corrupt_grouped_chunk_is_an_error(grouped_model: Path, always_grouped: None) -> None:
+    pixels = rgb_pixels(KODIM15)
+    stream = read_stream(diffcodec.encode(pixels, model=grouped_model, seed=3))
+    last_step = stream.chunks[STEPS - 1]
+    assert last_step.coder == CODER_UQ_GROUPED
+    payload = last_step.payload
+    # cut in the first length, inside the first part, just before the last part; one byte more
+    for bad in (payload[:10], payload[:20], payload[:-1], payload + b"\0"):
+        chunks = [*stream.chunks[: STEPS - 1], Chunk(last_step.coder, bad, last_step.check), *stream.chunks[STEPS:]]
+        with pytest.raises(BitstreamError):
+            diffcodec.decode(write_stream(stream.header, chunks), model=grouped_model)
+
+
+def test_training_refuses_a_step_outside_the_chain(grouped_model: Path, photos: Path) -> None:
+    opts = StepContextOptions(data=photos, val=photos, model=str(grouped_model), steps=(STEPS + 1,), iters=1)
+    with pytest.raises(BadInputError, match="--step must be in"):
+        train_step_context(opts, log=lambda line: None)
+
+
+def test_part_streams_are_apart_from_every_step() -> None:
+    ids = {sc.rng.part_step(step, part) for step in range(64) for part in range(sc.PARTS)}
+    assert len(ids) == 64 * sc.PARTS and min(ids) > 2**16
+
+
+def test_train_step_context_cli_refuses_bad_input(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train-step-context", str(tmp_path / "missing")])
+    assert result.exit_code != 0 and "not a directory" in result.output
+    result = CliRunner().invoke(app, ["train-step-context", str(tmp_path), "--crop", "33"])
+    assert result.exit_code != 0 and "--crop must be even" in result.output
