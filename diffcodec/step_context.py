@@ -44,9 +44,10 @@ STEP_CONTEXT_FILE = "step_context.pt"  # beside a model file: its step context n
 MEAN_STEP = 0.5  # units of delta per unit of the network's mean output
 HASH_SIZE = 8
 PARTS = 3 * len(GROUPS)  # (group, channel) parts of a grouped step, in coding order
-MIN_STEP_BITS = 8 * 1024
+MIN_STEP_BITS = 4096
 """The encoder groups a step only when its Gaussian KL under the plain prior is at least this: the framing of a
-grouped step (about 60 bytes, 130 with REC's per-part prefixes) would eat what the context saves on a smaller one."""
+grouped step (about 60 bytes, 130 with REC's per-part prefixes) would eat what the context saves (a fifth to a
+half of the step) on a smaller one."""
 GROUPED = {CODER_UQ: CODER_UQ_GROUPED, CODER_REC_POWER: CODER_REC_GROUPED}
 """Coder id of a step's parts -> coder id of the grouped chunk."""
 _PART_CODER = {grouped: part for part, grouped in GROUPED.items()}
