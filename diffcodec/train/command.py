@@ -177,8 +177,9 @@ def train_step_context_command(
 ) -> None:
     """Fit the step context networks of a trained model: each diffusion step's z_s is then sent in four
     checkerboard groups, each seeing the groups before it, and G given R, B given R and G in each pixel.
-    Writes step_context.pt beside the model (the encoder then groups every step it has a network for; files
-    already made keep decoding, since a plain step does not need it)."""
+    Writes step_context.pt beside the model: the encoder then groups every step it has a network for. A file
+    names the step context it used, so after a refit an older file decodes up to its first grouped step and
+    refuses the rest by name."""
     from .step_context import StepContextOptions, train_step_context
 
     for folder, flag in ((data, "DATA"), (val, "--val")):
