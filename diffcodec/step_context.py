@@ -46,7 +46,7 @@ HASH_SIZE = 8
 PARTS = 3 * len(GROUPS)  # (group, channel) parts of a grouped step, in coding order
 MIN_STEP_BITS = 4096
 """The encoder groups a step only when its Gaussian KL under the plain prior is at least this: the framing of a
-grouped step (about 60 bytes, 130 with REC's per-part prefixes) would eat what the context saves (a fifth to a
+grouped step (68 bytes with UQ parts, 128 with REC parts) would eat what the context saves (a fifth to a
 half of the step) on a smaller one."""
 GROUPED = {CODER_UQ: CODER_UQ_GROUPED, CODER_REC_POWER: CODER_REC_GROUPED}
 """Coder id of a step's parts -> coder id of the grouped chunk."""
