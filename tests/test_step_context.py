@@ -148,6 +148,21 @@ def test_training_refuses_a_step_outside_the_chain(grouped_model: Path, photos: 
         train_step_context(opts, log=lambda line: None)
 
 
+def test_training_can_start_from_a_step_context_file(grouped_model: Path, photos: Path, tmp_path: Path) -> None:
+    start = grouped_model / sc.STEP_CONTEXT_FILE
+    opts = StepContextOptions(data=photos, val=photos, model=str(grouped_model), steps=(5,), iters=1, batch=4,
+                              crop=32, pool=16, val_crops=8, lr=0.0, width=4, blocks=0, out=tmp_path / "more.pt",
+                              init=start)
+    summary = train_step_context(opts, log=lambda line: None)
+    assert summary.context_bits[5] < summary.plain_bits[5]  # the start was the fitted network, not a zero output
+    saved, first = (torch.load(p, weights_only=True)["nets"] for p in (summary.path, start))
+    assert saved["4"]["config"] == first["4"]["config"]  # width and blocks come from the file, not the options
+    assert all(torch.equal(saved["4"]["state_dict"][k], v) for k, v in first["4"]["state_dict"].items())  # lr 0
+    with pytest.raises(BadInputError, match="made for model"):
+        train_step_context(StepContextOptions(data=photos, val=photos, model=str(grouped_model), steps=(1,), iters=1,
+                                              init=start), log=lambda line: None)
+
+
 def test_part_streams_are_apart_from_every_step() -> None:
     ids = {sc.rng.part_step(step, part) for step in range(64) for part in range(sc.PARTS)}
     assert len(ids) == 64 * sc.PARTS and min(ids) > 2**16

@@ -170,7 +170,8 @@ def train_step_context(opts: StepContextOptions, log: Callable[[str], None] = pr
         net = nets[i]
         opt = torch.optim.Adam(net.parameters(), opts.lr)
         plain[i + 1] = held_out_bits(None, val_pool)
-        log(f"step {i + 1}: held-out bits per sub-pixel: plain prior {plain[i + 1]:.4f}")
+        from_init = f", --init {held_out_bits(net, val_pool):.4f}" if opts.init else ""
+        log(f"step {i + 1}: held-out bits per sub-pixel: plain prior {plain[i + 1]:.4f}{from_init}")
         for it in range(opts.iters):
             for group in opt.param_groups:  # cosine from lr to lr / 10
                 group["lr"] = opts.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / opts.iters)))
