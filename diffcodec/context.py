@@ -22,7 +22,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .entropy import decode_symbols
 from .errors import BitstreamError, ModelError
-from .nn.context import ContextConfig, ContextNet
+from .nn.context import ContextNet, from_entry, to_entry
 from .steps import Coded, code_symbols
 from .tiling import run_tiled
 from .uqdm import pixel_bits, to_unit
@@ -44,6 +44,7 @@ SCALE_ZERO = 128  # the scale byte of s = 1
 SCALE_BYTES = 3 * len(GROUPS)  # one scale byte per group and channel
 _SEARCH = ((16, 8), (4, 3), (1, 3))  # (step, reach) of each round of the scale search
 _LENGTH = struct.Struct("<I")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,27 +67,34 @@ class ChainEnd(NamedTuple):
     b: Tensor
 
 
-def save_context(path: Path, net: ContextNet, steps: int, model_hash: bytes) -> None:
-    """Write a context file (config, float32 weights, T, the model's hash), atomically."""
-    blob = {"config": net.config.to_dict(), "state_dict": {k: v.detach().float().cpu() for k, v in
-                                                          net.state_dict().items()},
-            "steps": steps, "model_hash": model_hash.hex()}
+def write_file(path: Path, blob: dict) -> None:
+    """torch.save a context file, atomically."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(blob, tmp)
     os.replace(tmp, path)
 
 
-def load_context(path: Path, weights_hash: bytes, device: str | torch.device = "cpu") -> PixelContext:
-    """Read a context file written by `save_context`; `weights_hash` is the file's (zoo.weights_hash)."""
+def read_file(path: Path, kind: str, parse: Callable[[dict], T]) -> T:
+    """parse(the dict saved in `path`); any failure to read or parse it is a ModelError naming the file's `kind`."""
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        net = ContextNet(ContextConfig(**blob["config"]))
-        net.load_state_dict(blob["state_dict"])
-        steps, model_hash = int(blob["steps"]), bytes.fromhex(blob["model_hash"])
+        return parse(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as e:  # any failure to read the file is a model error for the user
         first_line = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ModelError(f"{path}: not a diffcodec context file ({type(e).__name__}: {first_line})") from None
-    return PixelContext(net.to(device).eval().requires_grad_(False), steps, model_hash, weights_hash)
+        raise ModelError(f"{path}: not a diffcodec {kind} file ({type(e).__name__}: {first_line})") from None
+
+
+def save_context(path: Path, net: ContextNet, steps: int, model_hash: bytes) -> None:
+    """Write a context file (config, float32 weights, T, the model's hash), atomically."""
+    write_file(path, {**to_entry(net), "steps": steps, "model_hash": model_hash.hex()})
+
+
+def load_context(path: Path, weights_hash: bytes, device: str | torch.device = "cpu") -> PixelContext:
+    """Read a context file written by `save_context`; `weights_hash` is the file's (zoo.weights_hash)."""
+    def parse(blob: dict) -> PixelContext:
+        net = from_entry(blob).to(device).eval().requires_grad_(False)
+        return PixelContext(net, int(blob["steps"]), bytes.fromhex(blob["model_hash"]), weights_hash)
+
+    return read_file(path, "context", parse)
 
 
 def group_mask(g: int, height: int, width: int, device: torch.device | str = "cpu") -> Tensor:

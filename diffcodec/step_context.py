@@ -18,7 +18,6 @@ a u32le length and the part's payload as its coder (`uq` or `rec-power`) writes 
 
 from __future__ import annotations
 
-import os
 import struct
 import time
 from collections.abc import Callable
@@ -31,10 +30,10 @@ from torch import Tensor
 
 from . import rng
 from .bitstream import CODER_REC_GROUPED, CODER_REC_POWER, CODER_UQ, CODER_UQ_GROUPED
-from .context import GROUPS, channel_means, context_features, group_mask
+from .context import GROUPS, channel_means, context_features, group_mask, read_file, write_file
 from .determinism import one_thread
 from .errors import BitstreamError, ModelError
-from .nn.context import ContextConfig, ContextNet
+from .nn.context import ContextNet, from_entry, to_entry
 from .rec.family import kl_bits
 from .steps import Coded, SentStep, StepCoder, StepContext, receiver, start
 from .tiling import run_tiled
@@ -65,29 +64,16 @@ class StepNets:
 
 def save_step_nets(path: Path, nets: dict[int, ContextNet], model_hash: bytes) -> None:
     """Write a step context file (per step: config and float32 weights; the model's hash), atomically."""
-    blob = {"nets": {str(i): {"config": net.config.to_dict(),
-                              "state_dict": {k: v.detach().float().cpu() for k, v in net.state_dict().items()}}
-                     for i, net in nets.items()},
-            "model_hash": model_hash.hex()}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    write_file(path, {"nets": {str(i): to_entry(net) for i, net in nets.items()}, "model_hash": model_hash.hex()})
 
 
 def load_step_nets(path: Path, weights_hash: bytes, device: str | torch.device = "cpu") -> StepNets:
     """Read a step context file written by `save_step_nets`; `weights_hash` is the file's (zoo.weights_hash)."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        nets = {}
-        for i, entry in blob["nets"].items():
-            net = ContextNet(ContextConfig(**entry["config"]))
-            net.load_state_dict(entry["state_dict"])
-            nets[int(i)] = net.to(device).eval().requires_grad_(False)
-        model_hash = bytes.fromhex(blob["model_hash"])
-    except Exception as e:  # any failure to read the file is a model error for the user
-        first_line = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ModelError(f"{path}: not a diffcodec step context file ({type(e).__name__}: {first_line})") from None
-    return StepNets(nets, model_hash, weights_hash)
+    def parse(blob: dict) -> StepNets:
+        nets = {int(i): from_entry(entry).to(device).eval().requires_grad_(False) for i, entry in blob["nets"].items()}
+        return StepNets(nets, bytes.fromhex(blob["model_hash"]), weights_hash)
+
+    return read_file(path, "step context", parse)
 
 
 def group_prior(net: ContextNet, ctx: StepContext, z_s: Tensor, g: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -126,10 +112,11 @@ class GroupedCoder:
                 mu, sigma, kappa = group_prior(self.net, ctx, z_s, g)
             ctx.clock["context"] = ctx.clock.get("context", 0.0) + time.perf_counter() - t
             mask = group_mask(g, h, w, ctx.z_t.device)
+            mu, kappa = mu[0][:, mask], kappa[0][:, mask]  # (3, n): the group's sub-pixels
             for c in range(3):
-                mean = channel_means(mu[0], kappa[0], z_s[0])[None]  # mu'_c reads the channels before c, in z_s
+                mean = channel_means(mu, kappa, z_s[0][:, mask])[c]  # mu'_c reads the channels before c, in z_s
                 part_ctx = replace(ctx, step=rng.part_step(ctx.step, part), z_t=_part(ctx.z_t, mask, c),
-                                   mu_p=_part(mean, mask, c), sigma_p=_part(sigma, mask, c), x_hat=None)
+                                   mu_p=mean.reshape(1, 1, 1, -1), sigma_p=_part(sigma, mask, c), x_hat=None)
                 z_s[0, c][mask] = send_part(part, part_ctx, mask).reshape(-1)
                 part += 1
         return z_s

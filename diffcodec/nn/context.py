@@ -53,4 +53,17 @@ class ContextNet(nn.Module):
         return self.out(F.silu(h))
 
 
-__all__ = ["INPUTS", "OUTPUTS", "ContextConfig", "ContextNet"]
+def to_entry(net: ContextNet) -> dict:
+    """A network as a context file stores it: its config and float32 weights."""
+    return {"config": net.config.to_dict(),
+            "state_dict": {k: v.detach().float().cpu() for k, v in net.state_dict().items()}}
+
+
+def from_entry(entry: dict) -> ContextNet:
+    """The network of a `to_entry` dict (on the CPU, training mode)."""
+    net = ContextNet(ContextConfig(**entry["config"]))
+    net.load_state_dict(entry["state_dict"])
+    return net
+
+
+__all__ = ["INPUTS", "OUTPUTS", "ContextConfig", "ContextNet", "from_entry", "to_entry"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Optional, TypeVar
 
 import torch
 import typer
@@ -20,6 +20,8 @@ from ..errors import BadInputError
 from .card import measure_ladder, write_card
 from .configs import PRESETS
 from .loop import Status, TrainOptions, train
+
+S = TypeVar("S")
 
 
 def train_command(
@@ -100,6 +102,29 @@ def _bar(console: Console, enabled: bool) -> Iterator[tuple[Progress | None, Tas
         yield bar, bar.add_task("training", total=None, stats="")
 
 
+def _check_context_inputs(data: Path, val: Path | None, init: Path | None, crop: int, threads: int) -> None:
+    """The checks a context fit makes before any work (BadInputError), then the torch thread count."""
+    for folder, flag in ((data, "DATA"), (val, "--val")):
+        if folder is not None and not folder.is_dir():
+            raise BadInputError(f"{flag} {folder}: not a directory")
+    if init is not None and not init.is_file():
+        raise BadInputError(f"--init {init}: no such file")
+    if crop % 2:
+        raise BadInputError(f"--crop must be even (the groups tile 2 x 2 blocks), got {crop}")
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _fit_with_bar(fit: Callable[..., S], opts: object, stats: Callable[[float], str]) -> S:
+    """fit(opts, log=..., report=...) under a progress bar on a terminal (`stats` shows the running loss)."""
+    console = Console(stderr=True)
+    with _bar(console, console.is_terminal) as (bar, task):
+        def report(done: int, total: int, bits: float) -> None:
+            bar.update(task, completed=done, total=total, stats=stats(bits))
+
+        return fit(opts, log=bar.console.print if bar else print, report=report if bar else None)
+
+
 def train_context_command(
     data: Path = typer.Argument(..., help="folder of training photos (1 in 25 is held out to measure the bits)"),
     model: str = typer.Option("default", "--model", "-m", help="the model (name or folder) whose pixels to model; "
@@ -128,24 +153,11 @@ def train_context_command(
     Writes context.pt beside the model (the codec uses it for files of T steps; old files still decode)."""
     from .context import ContextOptions, train_context
 
-    for folder, flag in ((data, "DATA"), (val, "--val")):
-        if folder is not None and not folder.is_dir():
-            raise BadInputError(f"{flag} {folder}: not a directory")
-    if init is not None and not init.is_file():
-        raise BadInputError(f"--init {init}: no such file")
-    if crop % 2:
-        raise BadInputError(f"--crop must be even (the groups tile 2 x 2 blocks), got {crop}")
-    if threads:
-        torch.set_num_threads(threads)
+    _check_context_inputs(data, val, init, crop, threads)
     opts = ContextOptions(data=data, model=model, steps=steps, iters=iters, batch=batch, crop=crop, pool=pool, lr=lr,
                           width=width, blocks=blocks, eval_every=eval_every, seed=seed, out=out, val=val,
                           init=init)
-    console = Console(stderr=True)
-    with _bar(console, console.is_terminal) as (bar, task):
-        def report(done: int, total: int, bits: float) -> None:
-            bar.update(task, completed=done, total=total, stats=f"pixel bits {bits:.3f}")
-
-        summary = train_context(opts, log=bar.console.print if bar else print, report=report if bar else None)
+    summary = _fit_with_bar(train_context, opts, lambda bits: f"pixel bits {bits:.3f}")
     print(f"{summary.path}: {summary.parameters} parameters, {summary.iters} steps in {summary.seconds / 60:.1f} min; "
           f"held-out pixel bits {summary.context_bits:.4f} per sub-pixel (factorised {summary.factorised_bits:.4f})")
 
@@ -182,24 +194,11 @@ def train_step_context_command(
     refuses the rest by name."""
     from .step_context import StepContextOptions, train_step_context
 
-    for folder, flag in ((data, "DATA"), (val, "--val")):
-        if folder is not None and not folder.is_dir():
-            raise BadInputError(f"{flag} {folder}: not a directory")
-    if init is not None and not init.is_file():
-        raise BadInputError(f"--init {init}: no such file")
-    if crop % 2:
-        raise BadInputError(f"--crop must be even (the groups tile 2 x 2 blocks), got {crop}")
-    if threads:
-        torch.set_num_threads(threads)
+    _check_context_inputs(data, val, init, crop, threads)
     opts = StepContextOptions(data=data, model=model, steps=tuple(step or ()), iters=iters, batch=batch, crop=crop,
                               pool=pool, lr=lr, width=width, blocks=blocks, eval_every=eval_every, seed=seed, out=out,
                               val=val, init=init)
-    console = Console(stderr=True)
-    with _bar(console, console.is_terminal) as (bar, task):
-        def report(done: int, total: int, bits: float) -> None:
-            bar.update(task, completed=done, total=total, stats=f"step bits {bits:.4f}")
-
-        summary = train_step_context(opts, log=bar.console.print if bar else print, report=report if bar else None)
+    summary = _fit_with_bar(train_step_context, opts, lambda bits: f"step bits {bits:.4f}")
     per_step = ", ".join(f"step {i}: {summary.context_bits[i]:.4f} (plain {summary.plain_bits[i]:.4f})"
                          for i in sorted(summary.context_bits))
     print(f"{summary.path}: {summary.parameters} parameters in {summary.seconds / 60:.1f} min; held-out bits per "
