@@ -28,7 +28,7 @@ from . import codec
 from .bitstream import CODERS, read_stream
 from .errors import BadInputError, DiffcodecError
 from .image import to_pil
-from .train.command import train_command, train_context_command, train_step_context_command
+from .train.command import train_command, train_context_command, train_refine_command, train_step_context_command
 from .zoo import DEFAULT_MODEL, load_model
 
 app = typer.Typer(
@@ -61,6 +61,7 @@ class Recon(str, Enum):
     """Reconstructions of a lossy rung (see codec.RECONS)."""
 
     denoise = "denoise"
+    unrefined = "unrefined"
     flow = "flow"
     ancestral = "ancestral"
 
@@ -111,7 +112,9 @@ def _one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
 
 
 DEVICE_HELP = "where the network runs: auto, cpu or cuda (decode on the kind you encoded on)"
-RECON_HELP = "how to show a lossy rung: denoise (best PSNR), flow (deterministic), ancestral (sampled, sharpest)"
+RECON_HELP = ("how to show a lossy rung: denoise (best PSNR: the network's estimate, refined by the model's "
+              "post-filter refine.pt when it has one), unrefined (the network's estimate alone), flow "
+              "(deterministic), ancestral (sampled, sharpest)")
 
 
 @contextmanager
@@ -321,6 +324,7 @@ def info(
 app.command("train")(_one_line_errors(train_command))
 app.command("train-context")(_one_line_errors(train_context_command))
 app.command("train-step-context")(_one_line_errors(train_step_context_command))
+app.command("train-refine")(_one_line_errors(train_refine_command))
 
 
 def main() -> None:

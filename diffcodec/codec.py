@@ -27,6 +27,7 @@ from .determinism import one_thread
 from .tiling import predict_tiled
 from .bitstream import (CODER_CONTEXT, CODER_CONTEXT_SCALED, CODER_UQ, CODERS, Chunk, Header, Stream, read_stream,
                         rung_check, write_stream)
+from .refine import refine
 from .context import CONTEXT_FILE, GROUPS, HASH_SIZE, ChainEnd, PixelContext, decode_pixels, encode_pixels
 from .entropy import decode_symbols
 from .step_context import grouped_coders, grouped_receiver, part_coder
@@ -48,7 +49,7 @@ from .uqdm import (
 from .schedule import alpha, sigma
 from .zoo import DEFAULT_MODEL, LoadedModel, find_by_hash, load_model
 
-RECONS = ("denoise", "flow", "ancestral")
+RECONS = ("denoise", "unrefined", "flow", "ancestral")
 MAX_PIXELS = 2**28
 """Largest H x W the decoder accepts by default (`max_pixels=`, `--max-pixels`): a header claiming more is
 refused before anything is allocated."""
@@ -133,6 +134,7 @@ class _Ladder:
     def __init__(self, loaded: LoadedModel, steps: int, seed: int, height: int, width: int, timer: Timer,
                  progress: Progress | None, extra_calls: int = 0) -> None:
         self.model: UQDM = loaded.model
+        self.refiners = loaded.refiners
         self.device = next(self.model.parameters()).device
         self.seed, self.timer, self.progress = seed, timer, progress
         self.calls, self.total_calls = 0, steps + 1 + extra_calls  # network calls, for the progress callback
@@ -205,10 +207,23 @@ class _Ladder:
         self.timer.network += time.perf_counter() - t - (sum(self.timer.clock.values()) - before)
         return pixels
 
+    def unrefined(self) -> np.ndarray:
+        """The U-Net's x_hat at the current step as pixels: what the rung checks are made on (it verifies the
+        decoded chain, and is the same with or without a post-filter)."""
+        return _to_uint8(self.denoised().clamp(-1, 1))
+
     def reconstruct(self, recon: str) -> np.ndarray:
-        """The image shown at the current step: denoise, flow (DDIM to t = 0) or ancestral sampling."""
-        if recon == "denoise" or self.i == self.T:
-            return _to_uint8(self.denoised().clamp(-1, 1))
+        """The image shown at the current step: denoise (x_hat, refined by the model's post-filter for this rung
+        when it has one), unrefined (x_hat), flow (DDIM to t = 0) or ancestral sampling."""
+        net = self.refiners.nets.get(self.i) if self.refiners is not None and recon == "denoise" else None
+        if net is not None:
+            t = time.perf_counter()
+            with torch.no_grad(), one_thread():
+                refined = refine(net, self.denoised().clamp(-1, 1), self.z, self.s_hat)
+            self.timer.network += time.perf_counter() - t
+            return _to_uint8(refined)
+        if recon in ("denoise", "unrefined") or self.i == self.T:
+            return self.unrefined()
         z, eps_hat, s_hat = self.z, self.eps_hat, self.s_hat
         with torch.no_grad():
             for j in range(self.i, self.T):
@@ -276,18 +291,16 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
         ladder = _Ladder(loaded, T, seed, h, w, timer, progress, len(GROUPS) if pixel_context else 0)
         pixels = _pixels_tensor(src, ladder.device)
         x = to_unit(pixels)
-        shown = ladder.reconstruct("denoise")
-        header = replace(header, check=rung_check(shown.tobytes()))
-        coded, coder_ids, checks, kls, psnrs = [], [], [], [], [psnr(shown, src.pixels)]
+        header = replace(header, check=rung_check(ladder.unrefined().tobytes()))
+        coded, coder_ids, checks, kls, psnrs = [], [], [], [], [psnr(ladder.reconstruct("denoise"), src.pixels)]
         for step_coder in coders:
             sent = step_coder.send(ladder.step_context(), x, pool)
             coded.append(sent.coded)
             coder_ids.append(sent.coder_id)
             kls.append(sent.kl_bits)
             ladder.advance(sent.z_s)
-            shown = ladder.reconstruct("denoise")
-            checks.append(rung_check(shown.tobytes()))
-            psnrs.append(psnr(shown, src.pixels))
+            checks.append(rung_check(ladder.unrefined().tobytes()))
+            psnrs.append(psnr(ladder.reconstruct("denoise"), src.pixels))
         nelbo = sum(kls)
         m, b_x = ladder.pixel_model()
         symbols = flat(pixels).long().numpy()
@@ -440,12 +453,11 @@ def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, mod
     checks = [stream.header.check] + [chunk.check for chunk in stream.chunks]
 
     def shown(k: int) -> np.ndarray | None:
-        """Verify rung k's denoise reconstruction; return the asked-for reconstruction if rung k is yielded."""
-        denoised = ladder.reconstruct("denoise")
-        _verify(k, denoised, checks[k])
+        """Verify rung k's unrefined x_hat; return the asked-for reconstruction if rung k is yielded."""
+        _verify(k, ladder.unrefined(), checks[k])
         if only_last and k != last:
             return None
-        return denoised if recon == "denoise" else ladder.reconstruct(recon)
+        return ladder.reconstruct(recon)
 
     def rung(k: int, pixels: np.ndarray) -> Rung:
         r = table[k]

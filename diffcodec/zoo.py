@@ -15,6 +15,7 @@ import torch
 
 from .context import CONTEXT_FILE, PixelContext, load_context
 from .errors import BadInputError, ModelError
+from .refine import REFINE_FILE, Refiners, load_refiners
 from .step_context import STEP_CONTEXT_FILE, StepNets, load_step_nets
 from .steps import Coding
 from .uqdm import UQDM, ModelConfig
@@ -43,6 +44,7 @@ class LoadedModel:
     coding: Coding  # how the encoder sends the steps unless told (codec.json, else plain UQ)
     context: PixelContext | None = None  # the pixel context network beside the model file (context.pt), if any
     step_nets: StepNets | None = None  # the step context networks beside it (step_context.pt), if any
+    refiners: Refiners | None = None  # the decoder's post-filter networks beside it (refine.pt), if any
 
 
 def resolve(name_or_path: str | Path) -> tuple[str, Path]:
@@ -136,7 +138,8 @@ def _load_cached(path: str, mtimes: tuple[float | None, ...], device: str) -> Lo
     context = _beside(p, CONTEXT_FILE, digest, lambda f: load_context(f, weights_hash(f), device), "train-context")
     step_nets = _beside(p, STEP_CONTEXT_FILE, digest, lambda f: load_step_nets(f, weights_hash(f), device),
                         "train-step-context")
-    return LoadedModel(name, digest, p, model, steps, default_coding(p, steps), context, step_nets)
+    refiners = _beside(p, REFINE_FILE, digest, lambda f: load_refiners(f, weights_hash(f), device), "train-refine")
+    return LoadedModel(name, digest, p, model, steps, default_coding(p, steps), context, step_nets, refiners)
 
 
 def _beside(path: Path, file: str, model_hash: bytes, load: Callable[[Path], Any], command: str) -> Any:
@@ -154,8 +157,8 @@ def _beside(path: Path, file: str, model_hash: bytes, load: Callable[[Path], Any
 def load_model(name_or_path: str | Path = DEFAULT_MODEL, device: str = "cpu") -> LoadedModel:
     """Load (and cache) a model by zoo name or path."""
     name, path = resolve(name_or_path)
-    # a new model, context.pt or step_context.pt is seen at once
+    # a new model, context.pt, step_context.pt or refine.pt is seen at once
     mtimes = tuple(f.stat().st_mtime if f.is_file() else None
-                   for f in (path, path.parent / CONTEXT_FILE, path.parent / STEP_CONTEXT_FILE))
+                   for f in (path, *(path.parent / side for side in (CONTEXT_FILE, STEP_CONTEXT_FILE, REFINE_FILE))))
     loaded = _load_cached(str(path.resolve()), mtimes, device)
     return replace(loaded, name=name)

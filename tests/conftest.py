@@ -6,6 +6,7 @@ path of the codec and the CLI in milliseconds; the trained model is only needed 
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +37,23 @@ def rgb_pixels(path: Path) -> np.ndarray:
     """The pixels of an image file as (H, W, 3) uint8."""
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
+
+
+def copy_default(folder: Path) -> Path:
+    """A new model folder holding the default model's weights and codec.json only (no context networks)."""
+    folder.mkdir()
+    for f in ("model.pt", "codec.json"):
+        shutil.copy(DEFAULT_WEIGHTS.parent / f, folder / f)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of two real 64 x 64 photo crops, for the context fits."""
+    folder = tmp_path_factory.mktemp("photos")
+    for f in (KODIM01, KODIM15):
+        shutil.copy(f, folder / f.name)
+    return folder
 
 
 def _tiny_model(path: Path, seed: int) -> Path:

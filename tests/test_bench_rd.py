@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diffcodec.codec import RECONS
+
 from conftest import ROOT, SAMPLE, rgb_pixels
 
 for _module in ("imagecodecs", "matplotlib", "scipy", "tqdm"):
@@ -82,7 +84,7 @@ def test_diffcodec_rungs_are_one_file(bench_run, tiny_model: Path) -> None:
     data = (out / "cache" / "a.dcz").read_bytes()
     (lossless,) = points(results, "a.png", "diffcodec")
     assert lossless["bytes"] == len(data) and lossless["psnr"] is None  # the last rung is exact
-    for recon in ("denoise", "flow", "ancestral"):
+    for recon in RECONS:
         rungs = points(results, "a.png", f"diffcodec {recon}")
         assert [p["setting"] for p in rungs] == [0, 1, 2, 3]  # tiny model: T = 3 lossy rungs
         assert all(a["bytes"] < b["bytes"] for a, b in zip(rungs, rungs[1:]))

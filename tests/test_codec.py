@@ -186,7 +186,7 @@ def test_each_reconstruction_decodes_every_rung(recon: str, tiny_model: Path, st
 
 
 def test_unknown_reconstruction_is_refused(tiny_model: Path, stream20: bytes) -> None:
-    with pytest.raises(BadInputError, match="denoise, flow, ancestral"):
+    with pytest.raises(BadInputError, match="denoise, unrefined, flow, ancestral"):
         diffcodec.decode(stream20, recon="sharpest", model=tiny_model)
 
 

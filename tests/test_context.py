@@ -21,7 +21,7 @@ from diffcodec.train.context import ContextOptions, train_context
 from diffcodec.uqdm import pixel_bits
 from diffcodec.zoo import load_model
 
-from conftest import DATA, DEFAULT_WEIGHTS, KODIM01, KODIM15, KODIM20, SAMPLE, rgb_pixels
+from conftest import DATA, KODIM15, KODIM20, SAMPLE, copy_default, rgb_pixels
 
 
 STEPS = 5  # the default model's codec.json: the context is fitted at z_5
@@ -35,21 +35,10 @@ def _fit(folder: Path, photos: Path, iters: int) -> ctx_train.ContextSummary:
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    for f in (KODIM01, KODIM15):
-        shutil.copy(f, folder / f.name)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def context_model(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the default model (its U-Net makes the pixel term worth modelling) with a context network
     fitted on two real crops."""
-    folder = tmp_path_factory.mktemp("ctx") / "default"
-    folder.mkdir()
-    for f in ("model.pt", "codec.json"):
-        shutil.copy(DEFAULT_WEIGHTS.parent / f, folder / f)
+    folder = copy_default(tmp_path_factory.mktemp("ctx") / "default")
     summary = _fit(folder, photos, iters=60)
     assert summary.path == folder / ctx.CONTEXT_FILE
     assert summary.context_bits < summary.factorised_bits  # the fit learnt something

@@ -19,32 +19,17 @@ from diffcodec.errors import BadInputError, BitstreamError, ModelError
 from diffcodec.train.step_context import StepContextOptions, train_step_context
 from diffcodec.zoo import load_model
 
-from conftest import DEFAULT_WEIGHTS, KODIM01, KODIM15, rgb_pixels
+from conftest import KODIM01, KODIM15, copy_default, rgb_pixels
 
 STEPS = 5  # the default model's codec.json: steps 1-4 Gaussian REC, step 5 UQ
 GROUPED_IDS = [CODER_REC_GROUPED] * 4 + [CODER_UQ_GROUPED]
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    for f in (KODIM01, KODIM15):
-        shutil.copy(f, folder / f.name)
-    return folder
-
-
-def _copy_default(folder: Path) -> Path:
-    folder.mkdir()
-    for f in ("model.pt", "codec.json"):
-        shutil.copy(DEFAULT_WEIGHTS.parent / f, folder / f)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def grouped_model(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the default model with step context networks (8 channels, 1 block) fitted briefly on two real
     crops, for steps 3, 4 and 5."""
-    folder = _copy_default(tmp_path_factory.mktemp("sc") / "default")
+    folder = copy_default(tmp_path_factory.mktemp("sc") / "default")
     opts = StepContextOptions(data=photos, val=photos, model=str(folder), steps=(3, 4, 5), iters=40, batch=4,
                               crop=32, pool=16, val_crops=8, lr=3e-3, width=8, blocks=1, eval_every=40)
     summary = train_step_context(opts, log=lambda line: None)
@@ -92,7 +77,7 @@ def test_a_small_step_is_sent_plainly(grouped_model: Path) -> None:
 def test_a_decoder_without_the_step_context_says_so(grouped_model: Path, always_grouped: None,
                                                     tmp_path: Path) -> None:
     data = diffcodec.encode(KODIM15, model=grouped_model, seed=3)
-    bare = _copy_default(tmp_path / "default")
+    bare = copy_default(tmp_path / "default")
     with pytest.raises(ModelError, match="step context network"):
         diffcodec.decode(data, model=bare)
     # the rungs before the first grouped step need no network
@@ -107,7 +92,7 @@ def test_a_decoder_without_the_step_context_says_so(grouped_model: Path, always_
 
 def test_other_step_context_weights_are_refused(grouped_model: Path, always_grouped: None, tmp_path: Path) -> None:
     data = diffcodec.encode(KODIM15, model=grouped_model, seed=3)
-    other = _copy_default(tmp_path / "default")
+    other = copy_default(tmp_path / "default")
     loaded = load_model(grouped_model)
     assert loaded.step_nets is not None
     nets = {i: net for i, net in loaded.step_nets.nets.items()}

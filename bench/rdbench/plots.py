@@ -16,6 +16,7 @@ from .report import OURS  # noqa: E402
 MIN_BPP = 0.01  # rung 0 (header only, ~0.001 bpp) is left off the log axis
 STYLE = {  # codec -> matplotlib line style
     "diffcodec denoise": dict(color="black", marker="o", lw=2.2),
+    "diffcodec unrefined": dict(color="black", marker="o", lw=1.2, ls=":"),
     "diffcodec flow": dict(color="dimgray", marker="s", lw=1.6),
     "diffcodec ancestral": dict(color="darkgray", marker="^", lw=1.6),
     "JPEG": dict(color="tab:brown", marker="."),

@@ -126,17 +126,18 @@ def run(folder: Path, out: Path, model: str = "default", seed: int = 0, limit: i
     loaded = load_model(model)
     context = None if loaded.context is None else loaded.context.weights_hash.hex()
     step_context = None if loaded.step_nets is None else loaded.step_nets.weights_hash.hex()
+    refine = None if loaded.refiners is None else loaded.refiners.weights_hash.hex()
     coding = asdict(loaded.coding)
     keys = {"diffcodec": {"model": loaded.name, "weights_hash": loaded.weights_hash.hex(), "seed": seed,
                           "steps": loaded.default_steps, "context": context, "step_context": step_context,
-                          "coding": coding,
+                          "refine": refine, "coding": coding,
                           "coders": list(CODERS.values())},  # a new chunk layout re-measures too
             "baselines": {"sweeps": sweeps(), "versions": library_versions()}}
     images = measure_all(paths, out / "cache", model, seed, keys)
     summary = report.summarize(images)
     meta = {"folder": folder.name, "images": len(images), "model": loaded.name,
             "weights_hash": loaded.weights_hash.hex(), "steps": loaded.default_steps, "context": context,
-            "step_context": step_context, "coding": coding, "seed": seed,
+            "step_context": step_context, "refine": refine, "coding": coding, "seed": seed,
             "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
             **keys["baselines"],
@@ -148,7 +149,8 @@ def run(folder: Path, out: Path, model: str = "default", seed: int = 0, limit: i
     rec = "" if coding["coder"] == "uq" else f", {coding['coder']} {coding['posterior']} rec"
     note = (f"model {loaded.name} ({loaded.weights_hash.hex()}, {loaded.default_steps} steps{rec}"
             f"{'' if context is None else ', pixel context ' + context}"
-            f"{'' if step_context is None else ', step context ' + step_context}), seed {seed}, {meta['date']}")
+            f"{'' if step_context is None else ', step context ' + step_context}"
+            f"{'' if refine is None else ', refine ' + refine}), seed {seed}, {meta['date']}")
     plots.rd_plot(summary["curves"], "psnr", "PSNR (dB, RGB)", f"Rate-distortion: {label}", note, out / "rd_psnr.png")
     plots.rd_plot(summary["curves"], "msssim_db", "MS-SSIM (dB) = -10 log10(1 - MS-SSIM)",
                   f"Rate-distortion (MS-SSIM): {label}", note, out / "rd_msssim.png")

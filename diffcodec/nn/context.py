@@ -4,7 +4,8 @@ A small full-resolution residual conv stack. It sees the U-Net's guess x_hat and
 already decoded (zero elsewhere) and two masks (decoded, being decoded), and returns per sub-pixel a mean offset, a
 log-scale offset and the channel coefficients kappa of diffcodec.context. Its last layer starts at zero, so an
 untrained network leaves the model's own prior as it is. The pixel context (context.py) decodes pixels with it; the
-step context (step_context.py) a diffusion step's z_s.
+step context (step_context.py) a diffusion step's z_s. The post-filter (refine.py) is the same stack with its own
+inputs and outputs.
 """
 
 from __future__ import annotations
@@ -30,23 +31,24 @@ class ContextConfig:
 
 
 class ContextNet(nn.Module):
-    """(x_hat, z, log scale, decoded, decoded mask, target mask) -> (B, 9, H, W) raw outputs."""
+    """(x_hat, z, log scale, decoded, decoded mask, target mask) -> (B, 9, H, W) raw outputs (by default: other
+    `inputs` and `outputs` make the same stack for another job)."""
 
-    def __init__(self, config: ContextConfig = ContextConfig()) -> None:
+    def __init__(self, config: ContextConfig = ContextConfig(), inputs: int = INPUTS, outputs: int = OUTPUTS) -> None:
         super().__init__()
         self.config = config
         w = config.width
-        self.inp = nn.Conv2d(INPUTS, w, 3, padding=1)
+        self.inp = nn.Conv2d(inputs, w, 3, padding=1)
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.SiLU(), nn.Conv2d(w, w, 3, padding=1), nn.SiLU(), nn.Conv2d(w, w, 3, padding=1))
             for _ in range(config.blocks)
         )
-        self.out = nn.Conv2d(w, OUTPUTS, 3, padding=1)
+        self.out = nn.Conv2d(w, outputs, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, features: Tensor) -> Tensor:
-        """features: the INPUTS channels stacked, (B, 14, H, W)."""
+        """features: the input channels stacked, (B, inputs, H, W)."""
         h = self.inp(features)
         for block in self.blocks:
             h = h + block(h)
@@ -59,9 +61,9 @@ def to_entry(net: ContextNet) -> dict:
             "state_dict": {k: v.detach().float().cpu() for k, v in net.state_dict().items()}}
 
 
-def from_entry(entry: dict) -> ContextNet:
+def from_entry(entry: dict, inputs: int = INPUTS, outputs: int = OUTPUTS) -> ContextNet:
     """The network of a `to_entry` dict (on the CPU, training mode)."""
-    net = ContextNet(ContextConfig(**entry["config"]))
+    net = ContextNet(ContextConfig(**entry["config"]), inputs, outputs)
     net.load_state_dict(entry["state_dict"])
     return net
 

@@ -102,14 +102,15 @@ def _bar(console: Console, enabled: bool) -> Iterator[tuple[Progress | None, Tas
         yield bar, bar.add_task("training", total=None, stats="")
 
 
-def _check_context_inputs(data: Path, val: Path | None, init: Path | None, crop: int, threads: int) -> None:
-    """The checks a context fit makes before any work (BadInputError), then the torch thread count."""
+def _check_context_inputs(data: Path, val: Path | None, init: Path | None, crop: int | None, threads: int) -> None:
+    """The checks a context fit makes before any work (BadInputError), then the torch thread count (crop None: any
+    crop side will do)."""
     for folder, flag in ((data, "DATA"), (val, "--val")):
         if folder is not None and not folder.is_dir():
             raise BadInputError(f"{flag} {folder}: not a directory")
     if init is not None and not init.is_file():
         raise BadInputError(f"--init {init}: no such file")
-    if crop % 2:
+    if crop is not None and crop % 2:
         raise BadInputError(f"--crop must be even (the groups tile 2 x 2 blocks), got {crop}")
     if threads:
         torch.set_num_threads(threads)
@@ -203,3 +204,43 @@ def train_step_context_command(
                          for i in sorted(summary.context_bits))
     print(f"{summary.path}: {summary.parameters} parameters in {summary.seconds / 60:.1f} min; held-out bits per "
           f"sub-pixel {per_step}")
+
+
+def train_refine_command(
+    data: Path = typer.Argument(..., help="folder of training photos (1 in 25 is held out to measure the PSNR)"),
+    model: str = typer.Option("default", "--model", "-m", help="the model (name or folder) whose rungs to refine; "
+                              "it stays frozen"),
+    rung: Optional[list[int]] = typer.Option(None, "--rung", min=1, help="a lossy rung to fit (1 is the rung after "
+                                             "the first step); repeat it for more (default: every lossy rung of the "
+                                             "model's codec.json)"),
+    iters: int = typer.Option(6000, "--iters", min=1, help="optimiser steps per rung network"),
+    batch: int = typer.Option(16, "--batch", min=1, help="crops per optimiser step"),
+    crop: int = typer.Option(64, "--crop", min=8, help="crop side in pixels"),
+    pool: int = typer.Option(2048, "--pool", min=1, help="training crops taken down the chain once per rung, then "
+                             "resampled"),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0, help="peak Adam learning rate (cosine to a tenth)"),
+    width: int = typer.Option(16, "--width", min=1, help="channels of each rung's network"),
+    blocks: int = typer.Option(2, "--blocks", min=0, help="residual blocks of each rung's network"),
+    eval_every: int = typer.Option(500, "--eval-every", min=1, help="optimiser steps between held-out measurements "
+                                   "(and saves)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="refine file to write (default: refine.pt beside the "
+                                       "model file, where the decoder finds it)"),
+    val: Optional[Path] = typer.Option(None, "--val", help="held-out photos (default: 1 in 25 photos of DATA)"),
+    seed: int = typer.Option(0, "--seed", min=0, help="seed of the crops, the noise and the batches"),
+    threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch's default)"),
+    init: Optional[Path] = typer.Option(None, "--init", help="refine file to start from (made for this model and "
+                                        "holding these rungs; its networks' width and blocks are kept)"),
+) -> None:
+    """Fit the post-filter networks of a trained model: the decoder then shows each lossy rung as the U-Net's
+    x_hat refined by that rung's small network (a higher PSNR at the same bytes). Writes refine.pt beside the
+    model. Nothing is sent for it: files are the same with or without it, and every file decodes with either."""
+    from .refine import RefineOptions, train_refine
+
+    _check_context_inputs(data, val, init, None, threads)
+    opts = RefineOptions(data=data, model=model, rungs=tuple(rung or ()), iters=iters, batch=batch, crop=crop,
+                         pool=pool, lr=lr, width=width, blocks=blocks, eval_every=eval_every, seed=seed, out=out,
+                         val=val, init=init)
+    summary = _fit_with_bar(train_refine, opts, lambda db: f"batch PSNR {db:.2f} dB")
+    per_rung = ", ".join(f"rung {k}: {summary.refined_psnr[k]:.3f} dB (x_hat {summary.plain_psnr[k]:.3f})"
+                         for k in sorted(summary.refined_psnr))
+    print(f"{summary.path}: {summary.parameters} parameters in {summary.seconds / 60:.1f} min; held-out PSNR {per_rung}")

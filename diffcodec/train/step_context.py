@@ -24,10 +24,10 @@ from ..errors import BadInputError
 from ..nn.context import ContextConfig, ContextNet
 from ..rec.family import StepPrior, kl_bits
 from ..step_context import STEP_CONTEXT_FILE, group_prior, load_step_nets, save_step_nets
-from ..steps import RecCoder, StepContext
+from ..steps import StepContext
 from ..uqdm import UQDM, denoise, posterior, posterior_width, prior, step_bits, to_unit
-from ..schedule import alpha, sigma
 from ..zoo import load_model
+from .chain import chain_to, sample_posterior, step_families
 from .data import train_val_crops
 
 POOL_BATCH = 32  # crops per U-Net call while a pool is made
@@ -66,13 +66,6 @@ class StepContextSummary:
     parameters: int
 
 
-def _sample(family: str, mu_q: Tensor, delta: Tensor, generator: torch.Generator) -> Tensor:
-    """z_s ~ q(z_s | z_t, x): U(mu_q -+ delta/2) ("uniform") or N(mu_q, delta^2 / 12) ("gaussian")."""
-    if family == "gaussian":
-        return mu_q + delta / math.sqrt(12.0) * torch.randn(mu_q.shape, generator=generator)
-    return mu_q + delta * (torch.rand(mu_q.shape, generator=generator) - 0.5)
-
-
 class StepPool:
     """Crops taken to step i: the step's context (z_t, x_hat, mu_p, sigma_p, delta) and q's mean and a z_s ~ q."""
 
@@ -81,15 +74,12 @@ class StepPool:
         parts = []
         for k in range(0, len(pixels), POOL_BATCH):
             x = to_unit(pixels[k : k + POOL_BATCH])
-            z = alpha(gammas[0]) * x + sigma(gammas[0]) * torch.randn(x.shape, generator=generator)
-            for j in range(i):  # the steps before i, each from its own posterior
-                mu_q, delta = posterior(z, x, gammas[j], gammas[j + 1])
-                z = _sample(families[j], mu_q, delta, generator)
+            z = chain_to(gammas, families, i, x, generator)
             eps_hat, s_hat = model.predict(z, gammas[i])
             mu_p, sigma_p = prior(z, eps_hat, s_hat, gammas[i], gammas[i + 1])
             mu_q, delta = posterior(z, x, gammas[i], gammas[i + 1])
             x_hat = denoise(z, eps_hat, gammas[i]).clamp(-1, 1)
-            parts.append((z, x_hat, mu_p, sigma_p, mu_q, _sample(families[i], mu_q, delta, generator)))
+            parts.append((z, x_hat, mu_p, sigma_p, mu_q, sample_posterior(families[i], mu_q, delta, generator)))
         self.z_t, self.x_hat, self.mu_p, self.sigma_p, self.mu_q, self.z_s = (torch.cat(t) for t in zip(*parts))
         self.family = families[i]
         self.gamma_t, self.gamma_s = gammas[i], gammas[i + 1]
@@ -122,11 +112,6 @@ def held_out_bits(net: ContextNet | None, pool: StepPool) -> float:
     idx = torch.arange(len(pool))
     total = sum(float(pool.bits(net, idx, g)[..., dy::2, dx::2].double().sum()) for g, (dy, dx) in enumerate(GROUPS))
     return total / pool.z_t.numel()
-
-
-def step_families(coders: list) -> list[str]:
-    """The posterior family each step draws z_s from: a REC coder's, else (UQ) uniform."""
-    return [c.family if isinstance(c, RecCoder) else "uniform" for c in coders]
 
 
 def _initial_nets(opts: StepContextOptions, model_hash: bytes, steps: list[int]) -> dict[int, ContextNet]:

@@ -1,0 +1,132 @@
+"""The post-filter: train-refine, refined rungs, and files that are the same with or without it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import diffcodec
+from diffcodec.cli import app
+from diffcodec.codec import psnr
+from diffcodec.errors import BadInputError, ModelError
+from diffcodec.refine import REFINE_FILE
+from diffcodec.train.refine import RefineOptions, train_refine
+from diffcodec.zoo import load_model
+
+from conftest import KODIM15, copy_default, rgb_pixels
+
+STEPS = 5  # the default model's codec.json
+REFINED = (3, 4)  # the rungs the fixture fits
+
+
+def _options(photos: Path, model: Path, **kw: object) -> RefineOptions:
+    base = dict(data=photos, val=photos, model=str(model), rungs=REFINED, iters=40, batch=4, crop=32, pool=16,
+                val_crops=8, lr=3e-3, width=8, blocks=1, eval_every=40)
+    return RefineOptions(**{**base, **kw})  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def refined_model(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the default model with post-filters (8 channels, 1 block) fitted briefly on two real crops, for
+    rungs 3 and 4."""
+    folder = copy_default(tmp_path_factory.mktemp("rf") / "default")
+    summary = train_refine(_options(photos, folder), log=lambda line: None)
+    assert summary.path == folder / REFINE_FILE
+    assert sorted(summary.refined_psnr) == list(REFINED)
+    assert summary.refined_psnr[4] > summary.plain_psnr[4]  # the fit learnt something
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bare_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_default(tmp_path_factory.mktemp("bare") / "default")
+
+
+@pytest.fixture(scope="module")
+def pixels() -> np.ndarray:
+    return np.ascontiguousarray(rgb_pixels(KODIM15)[:48, :40])
+
+
+def test_the_fitted_networks_are_found_beside_the_model(refined_model: Path) -> None:
+    loaded = load_model(refined_model)
+    assert loaded.refiners is not None and sorted(loaded.refiners.nets) == list(REFINED)
+    assert loaded.refiners.model_hash == loaded.weights_hash
+
+
+def test_a_file_is_the_same_with_or_without_the_post_filter(refined_model: Path, bare_model: Path,
+                                                            pixels: np.ndarray) -> None:
+    data = diffcodec.encode(pixels, model=refined_model, seed=5)
+    assert data == diffcodec.encode(pixels, model=bare_model, seed=5)
+    # both decoders accept it (the rung checks are made on the unrefined x_hat) and agree where nothing is refined
+    with_filter = diffcodec.decode_rungs(data, model=refined_model)
+    without = diffcodec.decode_rungs(data, model=bare_model)
+    for a, b in zip(with_filter, without):
+        assert np.array_equal(a.pixels, b.pixels) == (a.rung not in REFINED), a.rung
+    assert np.array_equal(with_filter[-1].pixels, pixels)
+
+
+def test_unrefined_shows_the_network_alone(refined_model: Path, bare_model: Path, pixels: np.ndarray) -> None:
+    data = diffcodec.encode(pixels, model=refined_model, seed=5)
+    for k in REFINED:
+        assert np.array_equal(diffcodec.decode(data, rung=k, recon="unrefined", model=refined_model),
+                              diffcodec.decode(data, rung=k, model=bare_model))
+
+
+def test_the_encoder_reports_the_psnr_the_decoder_shows(refined_model: Path, pixels: np.ndarray) -> None:
+    report = diffcodec.encode_report(pixels, model=refined_model, seed=5)
+    for rung in diffcodec.decode_rungs(report.data, model=refined_model)[:-1]:
+        assert report.rungs[rung.rung].psnr == pytest.approx(psnr(rung.pixels, pixels), abs=1e-9)
+
+
+def test_a_refine_file_for_other_weights_is_refused(refined_model: Path, other_model: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(other_model, folder / "model.pt")
+    shutil.copy(refined_model / REFINE_FILE, folder / REFINE_FILE)
+    with pytest.raises(ModelError, match="trained for weights"):
+        load_model(folder)
+
+
+def test_a_broken_refine_file_is_a_model_error(tmp_path: Path) -> None:
+    folder = copy_default(tmp_path / "broken")
+    (folder / REFINE_FILE).write_bytes(b"not a torch file")
+    with pytest.raises(ModelError, match="not a diffcodec refine file"):
+        load_model(folder)
+
+
+def test_training_refuses_a_rung_outside_the_chain(refined_model: Path, photos: Path) -> None:
+    with pytest.raises(BadInputError, match="--rung must be in"):
+        train_refine(_options(photos, refined_model, rungs=(STEPS + 1,), iters=1), log=lambda line: None)
+
+
+def test_training_can_start_from_a_refine_file(refined_model: Path, photos: Path, tmp_path: Path) -> None:
+    start = refined_model / REFINE_FILE
+    summary = train_refine(_options(photos, refined_model, rungs=(4,), iters=1, lr=0.0, width=4, blocks=0,
+                                    out=tmp_path / "more.pt", init=start), log=lambda line: None)
+    assert summary.refined_psnr[4] > summary.plain_psnr[4]  # the start was the fitted network, not a zero output
+    saved, first = (torch.load(p, weights_only=True)["nets"] for p in (summary.path, start))
+    assert saved["4"]["config"] == first["4"]["config"]  # width and blocks come from the file, not the options
+    assert all(torch.equal(saved["4"]["state_dict"][k], v) for k, v in first["4"]["state_dict"].items())  # lr 0
+    with pytest.raises(BadInputError, match="made for model"):
+        train_refine(_options(photos, refined_model, rungs=(1,), iters=1, init=start), log=lambda line: None)
+
+
+def test_cli_decodes_unrefined_and_refuses_bad_training_input(refined_model: Path, pixels: np.ndarray,
+                                                              tmp_path: Path) -> None:
+    stream = tmp_path / "s.dcz"
+    stream.write_bytes(diffcodec.encode(pixels, model=refined_model, seed=5))
+    out = tmp_path / "r4.png"
+    result = CliRunner().invoke(app, ["decode", str(stream), "--model", str(refined_model), "--rung", "4",
+                                      "--recon", "unrefined", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(rgb_pixels(out), diffcodec.decode(stream.read_bytes(), rung=4, recon="unrefined",
+                                                            model=refined_model))
+    result = CliRunner().invoke(app, ["train-refine", str(tmp_path / "missing")])
+    assert result.exit_code != 0 and "not a directory" in result.output
+    result = CliRunner().invoke(app, ["train-refine", str(tmp_path), "--init", str(tmp_path / "none.pt")])
+    assert result.exit_code != 0 and "no such file" in result.output
