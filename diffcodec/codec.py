@@ -135,6 +135,9 @@ class _Ladder:
                  progress: Progress | None, extra_calls: int = 0) -> None:
         self.model: UQDM = loaded.model
         self.refiners = loaded.refiners
+        # the step context networks read the post-filter's x_hat' (step_context.refined_inputs)
+        self.refined_steps = loaded.step_nets is not None and loaded.step_nets.refine_hash is not None
+        self._refined: tuple[int, torch.Tensor] | None = None  # (step, x_hat') once computed
         self.device = next(self.model.parameters()).device
         self.seed, self.timer, self.progress = seed, timer, progress
         self.calls, self.total_calls = 0, steps + 1 + extra_calls  # network calls, for the progress callback
@@ -171,7 +174,21 @@ class _Ladder:
         g_t, g_s = self.gammas[self.i], self.gammas[self.i + 1]
         mu_p, sigma_p = prior(self.z, self.eps_hat, self.s_hat, g_t, g_s)
         return StepContext(self.seed, self.i, self.z, g_t, g_s, mu_p, sigma_p, posterior_width(g_t, g_s),
-                           self.timer.clock, self.denoised().clamp(-1, 1))
+                           self.timer.clock, self.denoised().clamp(-1, 1),
+                           self.refined() if self.refined_steps else None)
+
+    def refined(self) -> torch.Tensor | None:
+        """x_hat' of the model's post-filter at the current step (computed once per step); None where it has no
+        network for this rung."""
+        net = self.refiners.nets.get(self.i) if self.refiners is not None else None
+        if net is None:
+            return None
+        if self._refined is None or self._refined[0] != self.i:
+            t = time.perf_counter()
+            with torch.no_grad(), one_thread():
+                self._refined = (self.i, refine(net, self.denoised().clamp(-1, 1), self.z, self.s_hat))
+            self.timer.network += time.perf_counter() - t
+        return self._refined[1]
 
     def advance(self, z_s: torch.Tensor) -> None:
         """Move to z_s, then the network at the next step."""
@@ -215,12 +232,8 @@ class _Ladder:
     def reconstruct(self, recon: str) -> np.ndarray:
         """The image shown at the current step: denoise (x_hat, refined by the model's post-filter for this rung
         when it has one), unrefined (x_hat), flow (DDIM to t = 0) or ancestral sampling."""
-        net = self.refiners.nets.get(self.i) if self.refiners is not None and recon == "denoise" else None
-        if net is not None:
-            t = time.perf_counter()
-            with torch.no_grad(), one_thread():
-                refined = refine(net, self.denoised().clamp(-1, 1), self.z, self.s_hat)
-            self.timer.network += time.perf_counter() - t
+        refined = self.refined() if recon == "denoise" else None
+        if refined is not None:
             return _to_uint8(refined)
         if recon in ("denoise", "unrefined") or self.i == self.T:
             return self.unrefined()

@@ -2,7 +2,8 @@
 already sent (DESIGN.md section 6, carried from the pixels to the steps).
 
 For group g of step i (t -> s), the step's context network (nn/context.py; one network per step) sees the U-Net's
-x_hat and z_t, log(sigma_p / delta), the residuals (z_s - mu_p) / delta of groups < g (zero elsewhere) and the two
+x_hat (or, for networks fitted on it, x_hat' of the post-filter refine.py, with the prior mean it implies,
+mu_p = mu_q(z_t, x_hat')) and z_t, log(sigma_p / delta), the residuals (z_s - mu_p) / delta of groups < g (zero elsewhere) and the two
 masks, and refines the network's prior p(z_s | z_t) of (mu_p, sigma_p):
 
     mu' = mu_p + MEAN_STEP delta dmu,  sigma' = sigma_p exp(dlog_sigma),  kappa = tanh(raw)
@@ -60,20 +61,37 @@ class StepNets:
     nets: dict[int, ContextNet]
     model_hash: bytes  # weights hash of the UQDM they were trained on
     weights_hash: bytes  # first 8 bytes of sha256(step context file), written at the start of every grouped chunk
+    refine_hash: bytes | None = None  # weights hash of the post-filter whose x_hat' they read (refined_inputs) at
+    # every step from a rung it refines; None: they read the U-Net's x_hat
 
 
-def save_step_nets(path: Path, nets: dict[int, ContextNet], model_hash: bytes) -> None:
-    """Write a step context file (per step: config and float32 weights; the model's hash), atomically."""
-    write_file(path, {"nets": {str(i): to_entry(net) for i, net in nets.items()}, "model_hash": model_hash.hex()})
+def save_step_nets(path: Path, nets: dict[int, ContextNet], model_hash: bytes, refine_hash: bytes | None = None) -> None:
+    """Write a step context file (per step: config and float32 weights; the model's hash; the post-filter's hash if
+    the networks read its x_hat'), atomically."""
+    blob = {"nets": {str(i): to_entry(net) for i, net in nets.items()}, "model_hash": model_hash.hex()}
+    if refine_hash is not None:
+        blob["refine_hash"] = refine_hash.hex()
+    write_file(path, blob)
 
 
 def load_step_nets(path: Path, weights_hash: bytes, device: str | torch.device = "cpu") -> StepNets:
     """Read a step context file written by `save_step_nets`; `weights_hash` is the file's (zoo.weights_hash)."""
     def parse(blob: dict) -> StepNets:
         nets = {int(i): from_entry(entry).to(device).eval().requires_grad_(False) for i, entry in blob["nets"].items()}
-        return StepNets(nets, bytes.fromhex(blob["model_hash"]), weights_hash)
+        refine = blob.get("refine_hash")
+        return StepNets(nets, bytes.fromhex(blob["model_hash"]), weights_hash,
+                        None if refine is None else bytes.fromhex(refine))
 
     return read_file(path, "step context", parse)
+
+
+def refined_inputs(ctx: StepContext) -> StepContext:
+    """The step as a network fitted on the post-filter sees it: x_hat' for x_hat, and the prior mean it implies,
+    mu_p = mu_q(z_t, x_hat') (uqdm.posterior; the U-Net's own mu_p is mu_q at its x_hat); ctx itself where it
+    carries no x_hat'."""
+    if ctx.x_refined is None:
+        return ctx
+    return replace(ctx, x_hat=ctx.x_refined, mu_p=posterior(ctx.z_t, ctx.x_refined, ctx.gamma_t, ctx.gamma_s)[0])
 
 
 def group_prior(net: ContextNet, ctx: StepContext, z_s: Tensor, g: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -103,6 +121,7 @@ class GroupedCoder:
 
     def _walk(self, ctx: StepContext, send_part: Callable[[int, StepContext, Tensor], Tensor]) -> Tensor:
         """z_s (1, 3, H, W), part by part: `send_part(part, part_ctx, mask)` returns the part's z_s (1, 1, 1, n)."""
+        ctx = refined_inputs(ctx)
         h, w = ctx.z_t.shape[-2:]
         z_s = torch.zeros_like(ctx.z_t)
         part = 0
@@ -116,7 +135,8 @@ class GroupedCoder:
             for c in range(3):
                 mean = channel_means(mu, kappa, z_s[0][:, mask])[c]  # mu'_c reads the channels before c, in z_s
                 part_ctx = replace(ctx, step=rng.part_step(ctx.step, part), z_t=_part(ctx.z_t, mask, c),
-                                   mu_p=mean.reshape(1, 1, 1, -1), sigma_p=_part(sigma, mask, c), x_hat=None)
+                                   mu_p=mean.reshape(1, 1, 1, -1), sigma_p=_part(sigma, mask, c), x_hat=None,
+                                   x_refined=None)
                 z_s[0, c][mask] = send_part(part, part_ctx, mask).reshape(-1)
                 part += 1
         return z_s
@@ -197,4 +217,4 @@ def grouped_coders(coders: list[StepCoder], nets: StepNets | None) -> list[StepC
 
 
 __all__ = ["GROUPED", "MIN_STEP_BITS", "PARTS", "STEP_CONTEXT_FILE", "GroupedCoder", "StepNets", "group_prior",
-           "grouped_coders", "grouped_receiver", "load_step_nets", "part_coder", "save_step_nets"]
+           "grouped_coders", "grouped_receiver", "load_step_nets", "part_coder", "refined_inputs", "save_step_nets"]

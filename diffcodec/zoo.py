@@ -139,6 +139,7 @@ def _load_cached(path: str, mtimes: tuple[float | None, ...], device: str) -> Lo
     step_nets = _beside(p, STEP_CONTEXT_FILE, digest, lambda f: load_step_nets(f, weights_hash(f), device),
                         "train-step-context")
     refiners = _beside(p, REFINE_FILE, digest, lambda f: load_refiners(f, weights_hash(f), device), "train-refine")
+    _check_refined_steps(p, step_nets, refiners)
     return LoadedModel(name, digest, p, model, steps, default_coding(p, steps), context, step_nets, refiners)
 
 
@@ -152,6 +153,17 @@ def _beside(path: Path, file: str, model_hash: bytes, load: Callable[[Path], Any
         raise ModelError(f"{f} was trained for weights {context.model_hash.hex()}, but {path} has "
                          f"{model_hash.hex()}: retrain it (diffcodec {command}) or remove it")
     return context
+
+
+def _check_refined_steps(path: Path, step_nets: StepNets | None, refiners: Refiners | None) -> None:
+    """Refuse step context networks that read a post-filter the model folder does not hold."""
+    wanted = None if step_nets is None else step_nets.refine_hash
+    if wanted is None or (refiners is not None and refiners.weights_hash == wanted):
+        return
+    found = "is missing" if refiners is None else f"has {refiners.weights_hash.hex()}"
+    raise ModelError(f"{path.parent / STEP_CONTEXT_FILE} reads the post-filter {wanted.hex()}, but "
+                     f"{path.parent / REFINE_FILE} {found}: put that {REFINE_FILE} back, or refit the step context "
+                     "(diffcodec train-step-context)")
 
 
 def load_model(name_or_path: str | Path = DEFAULT_MODEL, device: str = "cpu") -> LoadedModel:

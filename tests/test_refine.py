@@ -1,4 +1,5 @@
-"""The post-filter: train-refine, refined rungs, and files that are the same with or without it."""
+"""The post-filter: train-refine, refined rungs, files that are the same with or without it, and step context
+networks that read its x_hat'."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import torch
 from typer.testing import CliRunner
 
 import diffcodec
+from diffcodec import step_context as sc
+from diffcodec.bitstream import CODER_REC_GROUPED, CODER_UQ_GROUPED, read_stream
 from diffcodec.cli import app
 from diffcodec.codec import psnr
 from diffcodec.errors import BadInputError, ModelError
 from diffcodec.refine import REFINE_FILE
 from diffcodec.train.refine import RefineOptions, train_refine
+from diffcodec.train.step_context import StepContextOptions, train_step_context
 from diffcodec.zoo import load_model
 
 from conftest import KODIM15, copy_default, rgb_pixels
@@ -130,3 +134,39 @@ def test_cli_decodes_unrefined_and_refuses_bad_training_input(refined_model: Pat
     assert result.exit_code != 0 and "not a directory" in result.output
     result = CliRunner().invoke(app, ["train-refine", str(tmp_path), "--init", str(tmp_path / "none.pt")])
     assert result.exit_code != 0 and "no such file" in result.output
+
+
+@pytest.fixture(scope="module")
+def refined_steps_model(refined_model: Path, photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The post-filtered model with step context networks for steps 4 and 5 fitted on its x_hat' (rungs 3, 4)."""
+    folder = copy_default(tmp_path_factory.mktemp("rs") / "default")
+    shutil.copy(refined_model / REFINE_FILE, folder / REFINE_FILE)
+    opts = StepContextOptions(data=photos, val=photos, model=str(folder), steps=(4, 5), iters=40, batch=4, crop=32,
+                              pool=16, val_crops=8, lr=3e-3, width=8, blocks=1, eval_every=40)
+    summary = train_step_context(opts, log=lambda line: None)
+    assert summary.context_bits[5] < summary.plain_bits[5]
+    return folder
+
+
+def test_step_context_on_the_post_filter_decodes_exactly(refined_steps_model: Path, pixels: np.ndarray,
+                                                         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(sc, "MIN_STEP_BITS", 0)  # group the steps of this small crop
+    loaded = load_model(refined_steps_model)
+    assert loaded.step_nets is not None and loaded.refiners is not None
+    assert loaded.step_nets.refine_hash == loaded.refiners.weights_hash  # the file names the post-filter it reads
+    data = diffcodec.encode(pixels, model=refined_steps_model, seed=5)
+    assert [c.coder for c in read_stream(data).chunks[3:5]] == [CODER_REC_GROUPED, CODER_UQ_GROUPED]
+    assert np.array_equal(diffcodec.decode(data, model=refined_steps_model), pixels)  # every rung checked
+    # the same networks reading the U-Net's x_hat send other bytes: the post-filter is part of the prior
+    plain = copy_default(tmp_path / "plain")
+    sc.save_step_nets(plain / sc.STEP_CONTEXT_FILE, loaded.step_nets.nets, loaded.weights_hash)
+    shutil.copy(refined_steps_model / REFINE_FILE, plain / REFINE_FILE)
+    other = diffcodec.encode(pixels, model=plain, seed=5)
+    assert other != data and np.array_equal(diffcodec.decode(other, model=plain), pixels)
+
+
+def test_step_context_without_its_post_filter_is_refused(refined_steps_model: Path, tmp_path: Path) -> None:
+    folder = copy_default(tmp_path / "default")
+    shutil.copy(refined_steps_model / sc.STEP_CONTEXT_FILE, folder / sc.STEP_CONTEXT_FILE)
+    with pytest.raises(ModelError, match="reads the post-filter .* is missing"):
+        load_model(folder)

@@ -187,6 +187,9 @@ def train_step_context_command(
     threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch's default)"),
     init: Optional[Path] = typer.Option(None, "--init", help="step context file to start from (made for this model "
                                         "and holding these steps; its networks' width and blocks are kept)"),
+    refined: bool = typer.Option(True, "--refined/--unrefined", help="let each step's network read the post-filter's "
+                                 "refined x_hat' and its prior mean where the model has one (refine.pt beside it; the "
+                                 "file then names it, and needs it), or the U-Net's x_hat"),
 ) -> None:
     """Fit the step context networks of a trained model: each diffusion step's z_s is then sent in four
     checkerboard groups, each seeing the groups before it, and G given R, B given R and G in each pixel.
@@ -198,7 +201,7 @@ def train_step_context_command(
     _check_context_inputs(data, val, init, crop, threads)
     opts = StepContextOptions(data=data, model=model, steps=tuple(step or ()), iters=iters, batch=batch, crop=crop,
                               pool=pool, lr=lr, width=width, blocks=blocks, eval_every=eval_every, seed=seed, out=out,
-                              val=val, init=init)
+                              val=val, init=init, refined=refined)
     summary = _fit_with_bar(train_step_context, opts, lambda bits: f"step bits {bits:.4f}")
     per_step = ", ".join(f"step {i}: {summary.context_bits[i]:.4f} (plain {summary.plain_bits[i]:.4f})"
                          for i in sorted(summary.context_bits))

@@ -23,7 +23,8 @@ from ..context import GROUPS, channel_means
 from ..errors import BadInputError
 from ..nn.context import ContextConfig, ContextNet
 from ..rec.family import StepPrior, kl_bits
-from ..step_context import STEP_CONTEXT_FILE, group_prior, load_step_nets, save_step_nets
+from ..refine import refine
+from ..step_context import STEP_CONTEXT_FILE, group_prior, load_step_nets, refined_inputs, save_step_nets
 from ..steps import StepContext
 from ..uqdm import UQDM, denoise, posterior, posterior_width, prior, step_bits, to_unit
 from ..zoo import load_model
@@ -53,6 +54,7 @@ class StepContextOptions:
     out: Path | None = None  # default: step_context.pt beside the model file
     val: Path | None = None  # held-out photos (default: 1 in 25 of data, by name hash)
     init: Path | None = None  # a step context file to start from (its networks replace width and blocks)
+    refined: bool = True  # read the post-filter's x_hat' where the model has one (refine.pt), else the U-Net's x_hat
 
 
 @dataclass
@@ -67,9 +69,11 @@ class StepContextSummary:
 
 
 class StepPool:
-    """Crops taken to step i: the step's context (z_t, x_hat, mu_p, sigma_p, delta) and q's mean and a z_s ~ q."""
+    """Crops taken to step i: the step's context (z_t, x_hat, mu_p, sigma_p, delta; with `refiner`, the post-filter
+    network of rung i, also x_hat') and q's mean and a z_s ~ q."""
 
-    def __init__(self, model: UQDM, families: list[str], i: int, pixels: Tensor, generator: torch.Generator) -> None:
+    def __init__(self, model: UQDM, families: list[str], i: int, pixels: Tensor, generator: torch.Generator,
+                 refiner: ContextNet | None = None) -> None:
         gammas = model.gammas(len(families)).detach()
         parts = []
         for k in range(0, len(pixels), POOL_BATCH):
@@ -79,8 +83,11 @@ class StepPool:
             mu_p, sigma_p = prior(z, eps_hat, s_hat, gammas[i], gammas[i + 1])
             mu_q, delta = posterior(z, x, gammas[i], gammas[i + 1])
             x_hat = denoise(z, eps_hat, gammas[i]).clamp(-1, 1)
-            parts.append((z, x_hat, mu_p, sigma_p, mu_q, sample_posterior(families[i], mu_q, delta, generator)))
-        self.z_t, self.x_hat, self.mu_p, self.sigma_p, self.mu_q, self.z_s = (torch.cat(t) for t in zip(*parts))
+            x_refined = x_hat if refiner is None else refine(refiner, x_hat, z, s_hat)
+            parts.append((z, x_hat, x_refined, mu_p, sigma_p, mu_q,
+                          sample_posterior(families[i], mu_q, delta, generator)))
+        self.z_t, self.x_hat, x_refined, self.mu_p, self.sigma_p, self.mu_q, self.z_s = (torch.cat(t) for t in zip(*parts))
+        self.x_refined = None if refiner is None else x_refined
         self.family = families[i]
         self.gamma_t, self.gamma_s = gammas[i], gammas[i + 1]
         self.delta = posterior_width(self.gamma_t, self.gamma_s)
@@ -93,7 +100,8 @@ class StepPool:
         entries of group g's pixels are the group's bits."""
         z_t, mu_p, sigma_p, mu_q, z_s = self.z_t[idx], self.mu_p[idx], self.sigma_p[idx], self.mu_q[idx], self.z_s[idx]
         if net is not None:
-            ctx = StepContext(0, 0, z_t, self.gamma_t, self.gamma_s, mu_p, sigma_p, self.delta, {}, self.x_hat[idx])
+            ctx = refined_inputs(StepContext(0, 0, z_t, self.gamma_t, self.gamma_s, mu_p, sigma_p, self.delta, {},
+                                             self.x_hat[idx], None if self.x_refined is None else self.x_refined[idx]))
             mu, sigma_p, kappa = group_prior(net, ctx, z_s, g)
             mu_p = _channel_means(mu, kappa, z_s)
         if self.family == "gaussian":
@@ -135,6 +143,7 @@ def train_step_context(opts: StepContextOptions, log: Callable[[str], None] = pr
     loaded = load_model(opts.model)
     T = loaded.default_steps
     families = step_families(loaded.coding.coders(T))
+    refiners = loaded.refiners if opts.refined else None
     steps = sorted({s - 1 for s in opts.steps}) if opts.steps else list(range(T))
     if not all(0 <= i < T for i in steps):
         raise BadInputError(f"--step must be in [1, {T}] for model {loaded.name!r} (its codec.json codes {T} steps), "
@@ -150,8 +159,9 @@ def train_step_context(opts: StepContextOptions, log: Callable[[str], None] = pr
         log(f"step {i + 1} ({families[i]}): taking {len(train_pix)} training and {len(val_pix)} held-out crops to "
             f"z_t ...")
         with torch.no_grad():
-            train_pool = StepPool(loaded.model, families, i, train_pix, gen)
-            val_pool = StepPool(loaded.model, families, i, val_pix, gen)
+            refiner = None if refiners is None else refiners.nets.get(i)
+            train_pool = StepPool(loaded.model, families, i, train_pix, gen, refiner)
+            val_pool = StepPool(loaded.model, families, i, val_pix, gen, refiner)
         net = nets[i]
         opt = torch.optim.Adam(net.parameters(), opts.lr)
         plain[i + 1] = held_out_bits(None, val_pool)
@@ -173,6 +183,7 @@ def train_step_context(opts: StepContextOptions, log: Callable[[str], None] = pr
                 fitted[i + 1] = held_out_bits(net, val_pool)
                 log(f"step {i + 1}, iteration {it + 1}: held-out bits {fitted[i + 1]:.4f} "
                     f"(plain {plain[i + 1]:.4f}, {100 * (fitted[i + 1] / plain[i + 1] - 1):+.2f}%)")
-                save_step_nets(out, {k: nets[k] for k in steps[: n + 1]}, loaded.weights_hash)
+                save_step_nets(out, {k: nets[k] for k in steps[: n + 1]}, loaded.weights_hash,
+                               None if refiners is None else refiners.weights_hash)
     n_params = sum(p.numel() for net in nets.values() for p in net.parameters())
     return StepContextSummary(out, time.perf_counter() - t0, plain, fitted, n_params)
