@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .context import read_file, write_file
-from .nn.context import ContextNet, from_entry, to_entry
+from .nn.context import ContextConfig, ContextNet, from_entry, to_entry
 from .tiling import run_tiled
 
 REFINE_FILE = "refine.pt"  # beside a model file: its post-filter networks
@@ -39,8 +39,6 @@ class Refiners:
 
 def new_refiner(width: int, blocks: int) -> ContextNet:
     """A post-filter network that leaves x_hat as it is until trained."""
-    from .nn.context import ContextConfig
-
     return ContextNet(ContextConfig(width, blocks), INPUTS, OUTPUTS)
 
 
