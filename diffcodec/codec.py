@@ -30,8 +30,8 @@ from .bitstream import (CODER_CONTEXT, CODER_CONTEXT_SCALED, CODER_UQ, CODERS, C
 from .refine import refine
 from .context import CONTEXT_FILE, GROUPS, HASH_SIZE, ChainEnd, PixelContext, decode_pixels, encode_pixels
 from .entropy import decode_symbols
-from .step_context import grouped_coders, grouped_receiver, part_coder
-from .steps import Coded, StepContext, code_symbols, flat, receiver, start
+from .step_context import GroupedCoder, grouped_coders, grouped_receiver, part_coder
+from .steps import Coded, StepCoder, StepContext, code_symbols, flat, receiver, start
 from .errors import BadInputError, BitstreamError, ModelError
 from .image import SourceImage, load_image, to_pil
 from .uqdm import (
@@ -169,13 +169,14 @@ class _Ladder:
         """x_hat = (z - sigma eps_hat) / alpha at the current step."""
         return denoise(self.z, self.eps_hat, self.gammas[self.i])
 
-    def step_context(self) -> StepContext:
-        """Step i's prior p(z_s | z_t) (mu_p, sigma_p, delta) and what its coder needs to draw shared randomness."""
+    def step_context(self, coder: StepCoder) -> StepContext:
+        """Step i's prior p(z_s | z_t) (mu_p, sigma_p, delta) and what `coder` needs to draw shared randomness (the
+        post-filter's x_hat' only for a grouped coder whose networks read it: a plain step never runs the filter)."""
         g_t, g_s = self.gammas[self.i], self.gammas[self.i + 1]
         mu_p, sigma_p = prior(self.z, self.eps_hat, self.s_hat, g_t, g_s)
         return StepContext(self.seed, self.i, self.z, g_t, g_s, mu_p, sigma_p, posterior_width(g_t, g_s),
                            self.timer.clock, self.denoised().clamp(-1, 1),
-                           self.refined() if self.refined_steps else None)
+                           self.refined() if self.refined_steps and isinstance(coder, GroupedCoder) else None)
 
     def refined(self) -> torch.Tensor | None:
         """x_hat' of the model's post-filter at the current step (computed once per step); None where it has no
@@ -307,7 +308,7 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
         header = replace(header, check=rung_check(ladder.unrefined().tobytes()))
         coded, coder_ids, checks, kls, psnrs = [], [], [], [], [psnr(ladder.reconstruct("denoise"), src.pixels)]
         for step_coder in coders:
-            sent = step_coder.send(ladder.step_context(), x, pool)
+            sent = step_coder.send(ladder.step_context(step_coder), x, pool)
             coded.append(sent.coded)
             coder_ids.append(sent.coder_id)
             kls.append(sent.kl_bits)
@@ -481,7 +482,7 @@ def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, mod
         yield rung(0, pixels)
     for i, chunk in enumerate(stream.chunks[:last]):
         if i < ladder.T:
-            ladder.advance(step_coders[i].receive(ladder.step_context(), chunk.payload))
+            ladder.advance(step_coders[i].receive(ladder.step_context(step_coders[i]), chunk.payload))
             pixels = shown(i + 1)
         elif pixel_context is not None:
             pixels = ladder.decode_pixels(chunk.payload, pixel_context, chunk.coder == CODER_CONTEXT_SCALED)

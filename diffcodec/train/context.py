@@ -7,13 +7,11 @@ A pool of such crops is made once (the U-Net's pass is most of the cost) and sam
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..context import CONTEXT_FILE, GROUPS, ChainEnd, context_bits, group_mask, load_context, save_context
@@ -21,7 +19,7 @@ from ..errors import BadInputError
 from ..nn.context import ContextConfig, ContextNet
 from ..uqdm import UQDM, denoise, forward_chain, pixel_bits, pixel_prior, to_unit
 from ..zoo import load_model
-from .data import train_val_crops
+from .fitting import fit, seeded, seeded_crops
 
 POOL_BATCH = 32  # crops per U-Net call while the pool is made
 
@@ -91,9 +89,7 @@ def held_out_bits(net: ContextNet, end: ChainEnd, pixels: torch.Tensor) -> tuple
 def _initial_net(opts: ContextOptions, model_hash: bytes, steps: int) -> ContextNet:
     """The network to train: a copy of `opts.init` (made for this model and T), or new weights from the seed."""
     if opts.init is None:
-        with torch.random.fork_rng():  # the initial weights come from the seed, not from the caller's random state
-            torch.manual_seed(opts.seed)
-            return ContextNet(ContextConfig(opts.width, opts.blocks))
+        return seeded(opts.seed, lambda: ContextNet(ContextConfig(opts.width, opts.blocks)))
     start = load_context(opts.init, b"")  # its file hash names coded chunks only: not needed to train
     if start.model_hash != model_hash or start.steps != steps:
         raise BadInputError(f"--init {opts.init}: made for model {start.model_hash.hex()} at T = {start.steps}, "
@@ -110,34 +106,29 @@ def train_context(opts: ContextOptions, log: Callable[[str], None] = print,
     if not 1 <= steps <= loaded.model.steps:
         raise BadInputError(f"--steps must be in [1, {loaded.model.steps}] for model {loaded.name!r}, got {steps}")
     out = opts.out or loaded.path.parent / CONTEXT_FILE
-    rng = np.random.default_rng(opts.seed)
-    gen = torch.Generator().manual_seed(opts.seed)
+    rng, gen, train_pix, val_pix = seeded_crops(opts.data, opts.val, opts.crop, opts.pool, opts.val_crops, opts.seed)
     with torch.no_grad():
-        train_pix, val_pix = train_val_crops(opts.data, opts.val, opts.crop, opts.pool, opts.val_crops, rng)
         log(f"taking {len(train_pix)} training and {len(val_pix)} held-out crops to z_{steps} ...")
         train_end = chain_ends(loaded.model, train_pix, steps, gen)
         val_end = chain_ends(loaded.model, val_pix, steps, gen)
     net = _initial_net(opts, loaded.weights_hash, steps)
-    opt = torch.optim.Adam(net.parameters(), opts.lr)
     factorised, bits = held_out_bits(net, val_end, val_pix)
     from_init = f", --init {bits:.4f}" if opts.init else ""
     log(f"held-out pixel bits per sub-pixel: factorised {factorised:.4f}{from_init}")
-    for it in range(opts.iters):
-        for group in opt.param_groups:  # cosine from lr to lr / 10
-            group["lr"] = opts.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / opts.iters)))
+
+    def batch_loss() -> torch.Tensor:
         idx = torch.from_numpy(rng.integers(0, len(train_pix), opts.batch))
         g = int(rng.integers(0, len(GROUPS)))
-        pixels = train_pix[idx]
         dy, dx = GROUPS[g]
-        loss = context_bits(net, _take(train_end, idx), pixels, g)[..., dy::2, dx::2].mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if report:
-            report(it + 1, opts.iters, float(loss))
-        if (it + 1) % opts.eval_every == 0 or it + 1 == opts.iters:
-            _, bits = held_out_bits(net, val_end, val_pix)
-            log(f"iteration {it + 1}: held-out pixel bits {bits:.4f} (factorised {factorised:.4f})")
-            save_context(out, net, steps, loaded.weights_hash)
+        return context_bits(net, _take(train_end, idx), train_pix[idx], g)[..., dy::2, dx::2].mean()
+
+    def evaluate(it: int) -> None:
+        nonlocal bits
+        _, bits = held_out_bits(net, val_end, val_pix)
+        log(f"iteration {it}: held-out pixel bits {bits:.4f} (factorised {factorised:.4f})")
+        save_context(out, net, steps, loaded.weights_hash)
+
+    fit(net, batch_loss, opts.iters, opts.lr, opts.eval_every, evaluate,
+        None if report is None else (lambda it, loss: report(it, opts.iters, loss)))
     n_params = sum(p.numel() for p in net.parameters())
     return ContextSummary(out, opts.iters, time.perf_counter() - t0, factorised, bits, n_params)

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,7 +23,7 @@ from ..refine import REFINE_FILE, load_refiners, new_refiner, refine, save_refin
 from ..uqdm import UQDM, denoise, to_pixel_units, to_unit
 from ..zoo import load_model
 from .chain import chain_to, step_families
-from .data import train_val_crops
+from .fitting import fit, seeded, seeded_crops
 
 POOL_BATCH = 32  # crops per U-Net call while a pool is made
 
@@ -96,9 +95,7 @@ def held_out_psnr(net: ContextNet | None, pool: RungPool) -> float:
 def _initial_nets(opts: RefineOptions, model_hash: bytes, rungs: list[int]) -> dict[int, ContextNet]:
     """Networks to train, by rung: those of `opts.init` (made for this model), else new ones from the seed."""
     if opts.init is None:
-        with torch.random.fork_rng():  # the initial weights come from the seed, not from the caller's random state
-            torch.manual_seed(opts.seed)
-            return {k: new_refiner(opts.width, opts.blocks) for k in rungs}
+        return seeded(opts.seed, lambda: {k: new_refiner(opts.width, opts.blocks) for k in rungs})
     start = load_refiners(opts.init, b"")
     if start.model_hash != model_hash or not set(rungs) <= set(start.nets):
         raise BadInputError(f"--init {opts.init}: made for model {start.model_hash.hex()} and rungs "
@@ -119,10 +116,7 @@ def train_refine(opts: RefineOptions, log: Callable[[str], None] = print,
         raise BadInputError(f"--rung must be in [1, {T}] for model {loaded.name!r} (its codec.json codes {T} steps; "
                             f"rung {T + 1} is lossless), got {rungs}")
     out = opts.out or loaded.path.parent / REFINE_FILE
-    rng = np.random.default_rng(opts.seed)
-    gen = torch.Generator().manual_seed(opts.seed)
-    with torch.no_grad():
-        train_pix, val_pix = train_val_crops(opts.data, opts.val, opts.crop, opts.pool, opts.val_crops, rng)
+    rng, gen, train_pix, val_pix = seeded_crops(opts.data, opts.val, opts.crop, opts.pool, opts.val_crops, opts.seed)
     nets = _initial_nets(opts, loaded.weights_hash, rungs)
     plain, fitted = {}, {}
     for n, k in enumerate(rungs):
@@ -131,24 +125,23 @@ def train_refine(opts: RefineOptions, log: Callable[[str], None] = print,
             train_pool = RungPool(loaded.model, families, k, train_pix, gen)
             val_pool = RungPool(loaded.model, families, k, val_pix, gen)
         net = nets[k]
-        opt = torch.optim.Adam(net.parameters(), opts.lr)
         plain[k] = held_out_psnr(None, val_pool)
         from_init = f", --init {held_out_psnr(net, val_pool):.3f} dB" if opts.init else ""
         log(f"rung {k}: held-out PSNR of x_hat {plain[k]:.3f} dB{from_init}")
-        for it in range(opts.iters):
-            for group in opt.param_groups:  # cosine from lr to lr / 10
-                group["lr"] = opts.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / opts.iters)))
+
+        def batch_loss() -> Tensor:
             idx = torch.from_numpy(rng.integers(0, len(train_pool), opts.batch))
-            loss = (train_pool.refined(net, idx) - train_pool.x[idx]).square().mean()  # MSE in [-1, 1] units
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if report:
-                report(n * opts.iters + it + 1, len(rungs) * opts.iters, 10 * math.log10(4.0 / max(float(loss), 1e-12)))
-            if (it + 1) % opts.eval_every == 0 or it + 1 == opts.iters:
-                fitted[k] = held_out_psnr(net, val_pool)
-                log(f"rung {k}, iteration {it + 1}: held-out PSNR {fitted[k]:.3f} dB (x_hat {plain[k]:.3f}, "
-                    f"{fitted[k] - plain[k]:+.3f} dB)")
-                save_refiners(out, {j: nets[j] for j in rungs[: n + 1]}, loaded.weights_hash)
+            return (train_pool.refined(net, idx) - train_pool.x[idx]).square().mean()  # MSE in [-1, 1] units
+
+        def evaluate(it: int) -> None:
+            fitted[k] = held_out_psnr(net, val_pool)
+            log(f"rung {k}, iteration {it}: held-out PSNR {fitted[k]:.3f} dB (x_hat {plain[k]:.3f}, "
+                f"{fitted[k] - plain[k]:+.3f} dB)")
+            save_refiners(out, {j: nets[j] for j in rungs[: n + 1]}, loaded.weights_hash)
+
+        done = n * opts.iters  # the bar shows the batch's PSNR: MSE of 4 (the [-1, 1] range squared) is 0 dB
+        fit(net, batch_loss, opts.iters, opts.lr, opts.eval_every, evaluate,
+            None if report is None else (lambda it, loss: report(done + it, len(rungs) * opts.iters,
+                                                                 10 * math.log10(4.0 / max(loss, 1e-12)))))
     n_params = sum(p.numel() for net in nets.values() for p in net.parameters())
     return RefineSummary(out, time.perf_counter() - t0, plain, fitted, n_params)

@@ -9,13 +9,11 @@ uniform one (UQ or uniform REC). A pool of such crops is made once per step and 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -29,7 +27,7 @@ from ..steps import StepContext
 from ..uqdm import UQDM, denoise, posterior, posterior_width, prior, step_bits, to_unit
 from ..zoo import load_model
 from .chain import chain_to, sample_posterior, step_families
-from .data import train_val_crops
+from .fitting import fit, seeded, seeded_crops
 
 POOL_BATCH = 32  # crops per U-Net call while a pool is made
 
@@ -125,9 +123,7 @@ def held_out_bits(net: ContextNet | None, pool: StepPool) -> float:
 def _initial_nets(opts: StepContextOptions, model_hash: bytes, steps: list[int]) -> dict[int, ContextNet]:
     """Networks to train, by step index: those of `opts.init` (made for this model), else new weights from the seed."""
     if opts.init is None:
-        with torch.random.fork_rng():  # the initial weights come from the seed, not from the caller's random state
-            torch.manual_seed(opts.seed)
-            return {i: ContextNet(ContextConfig(opts.width, opts.blocks)) for i in steps}
+        return seeded(opts.seed, lambda: {i: ContextNet(ContextConfig(opts.width, opts.blocks)) for i in steps})
     start = load_step_nets(opts.init, b"")  # its file hash names coded chunks only: not needed to train
     if start.model_hash != model_hash or not set(steps) <= set(start.nets):
         raise BadInputError(f"--init {opts.init}: made for model {start.model_hash.hex()} and steps "
@@ -149,10 +145,7 @@ def train_step_context(opts: StepContextOptions, log: Callable[[str], None] = pr
         raise BadInputError(f"--step must be in [1, {T}] for model {loaded.name!r} (its codec.json codes {T} steps), "
                             f"got {sorted(s for s in opts.steps)}")
     out = opts.out or loaded.path.parent / STEP_CONTEXT_FILE
-    rng = np.random.default_rng(opts.seed)
-    gen = torch.Generator().manual_seed(opts.seed)
-    with torch.no_grad():
-        train_pix, val_pix = train_val_crops(opts.data, opts.val, opts.crop, opts.pool, opts.val_crops, rng)
+    rng, gen, train_pix, val_pix = seeded_crops(opts.data, opts.val, opts.crop, opts.pool, opts.val_crops, opts.seed)
     nets = _initial_nets(opts, loaded.weights_hash, steps)
     plain, fitted = {}, {}
     for n, i in enumerate(steps):
@@ -163,27 +156,25 @@ def train_step_context(opts: StepContextOptions, log: Callable[[str], None] = pr
             train_pool = StepPool(loaded.model, families, i, train_pix, gen, refiner)
             val_pool = StepPool(loaded.model, families, i, val_pix, gen, refiner)
         net = nets[i]
-        opt = torch.optim.Adam(net.parameters(), opts.lr)
         plain[i + 1] = held_out_bits(None, val_pool)
         from_init = f", --init {held_out_bits(net, val_pool):.4f}" if opts.init else ""
         log(f"step {i + 1}: held-out bits per sub-pixel: plain prior {plain[i + 1]:.4f}{from_init}")
-        for it in range(opts.iters):
-            for group in opt.param_groups:  # cosine from lr to lr / 10
-                group["lr"] = opts.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / opts.iters)))
+
+        def batch_loss() -> Tensor:
             idx = torch.from_numpy(rng.integers(0, len(train_pool), opts.batch))
             g = int(rng.integers(0, len(GROUPS)))
             dy, dx = GROUPS[g]
-            loss = train_pool.bits(net, idx, g)[..., dy::2, dx::2].mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if report:
-                report(n * opts.iters + it + 1, len(steps) * opts.iters, float(loss))
-            if (it + 1) % opts.eval_every == 0 or it + 1 == opts.iters:
-                fitted[i + 1] = held_out_bits(net, val_pool)
-                log(f"step {i + 1}, iteration {it + 1}: held-out bits {fitted[i + 1]:.4f} "
-                    f"(plain {plain[i + 1]:.4f}, {100 * (fitted[i + 1] / plain[i + 1] - 1):+.2f}%)")
-                save_step_nets(out, {k: nets[k] for k in steps[: n + 1]}, loaded.weights_hash,
-                               None if refiners is None else refiners.weights_hash)
+            return train_pool.bits(net, idx, g)[..., dy::2, dx::2].mean()
+
+        def evaluate(it: int) -> None:
+            fitted[i + 1] = held_out_bits(net, val_pool)
+            log(f"step {i + 1}, iteration {it}: held-out bits {fitted[i + 1]:.4f} "
+                f"(plain {plain[i + 1]:.4f}, {100 * (fitted[i + 1] / plain[i + 1] - 1):+.2f}%)")
+            save_step_nets(out, {k: nets[k] for k in steps[: n + 1]}, loaded.weights_hash,
+                           None if refiners is None else refiners.weights_hash)
+
+        done = n * opts.iters
+        fit(net, batch_loss, opts.iters, opts.lr, opts.eval_every, evaluate,
+            None if report is None else (lambda it, loss: report(done + it, len(steps) * opts.iters, loss)))
     n_params = sum(p.numel() for net in nets.values() for p in net.parameters())
     return StepContextSummary(out, time.perf_counter() - t0, plain, fitted, n_params)

@@ -1,0 +1,56 @@
+"""What the fits of the small networks (pixel context, step context, post-filter) share, the U-Net frozen: seeded
+crops, seeded new weights, and the Adam loop with a cosine learning rate, held-out measurements and saves."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .data import train_val_crops
+
+T = TypeVar("T")
+
+
+def seeded_crops(data: Path, val: Path | None, crop: int, pool: int, val_crops: int,
+                 seed: int) -> tuple[np.random.Generator, torch.Generator, Tensor, Tensor]:
+    """The fit's random streams from `seed` (numpy: crops and batches; torch: noise), and the `pool` training and
+    `val_crops` held-out crops drawn with them (train_val_crops)."""
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        train_pix, val_pix = train_val_crops(data, val, crop, pool, val_crops, rng)
+    return rng, gen, train_pix, val_pix
+
+
+def seeded(seed: int, make: Callable[[], T]) -> T:
+    """make() under torch's seed `seed` (new weights from the seed), the caller's random state left as it was."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return make()
+
+
+def fit(net: nn.Module, batch_loss: Callable[[], Tensor], iters: int, lr: float, eval_every: int,
+        evaluate: Callable[[int], None], report: Callable[[int, float], None] | None = None) -> None:
+    """`iters` Adam steps on batch_loss(), the learning rate on a cosine from lr to lr / 10; report(it, loss) after
+    step it, evaluate(it) every `eval_every` steps and after the last."""
+    opt = torch.optim.Adam(net.parameters(), lr)
+    for it in range(iters):
+        for group in opt.param_groups:
+            group["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / iters)))
+        loss = batch_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if report:
+            report(it + 1, float(loss))
+        if (it + 1) % eval_every == 0 or it + 1 == iters:
+            evaluate(it + 1)
+
+
+__all__ = ["fit", "seeded", "seeded_crops"]
