@@ -22,7 +22,8 @@ from diffcodec.entropy.index import ALPHA_CHOICES, best_alpha, decode_indices, e
 from diffcodec.errors import BadInputError, BitstreamError, ModelError
 from diffcodec import rng
 from diffcodec.rec import StepPrior, decode_step, encode_step
-from diffcodec.rec.coder import _select, _select_screened
+from diffcodec.rec import coder
+from diffcodec.rec.coder import MAX_CHUNK_ELEMENTS, _regenerate, _screened, _screened_batch, _select, greedy_split
 from diffcodec.rec.family import candidates, kl_bits
 from diffcodec.rec.score import GaussianScreen, score_cpu, score_reference
 from diffcodec.steps import Coding, step_coders
@@ -81,21 +82,81 @@ def test_gaussian_screen_scores_as_the_exact_score_does() -> None:
     raw = rng.chunk_generator(0, rng.REC_CANDIDATES, 0, 0).bit_generator.random_raw((64, 300))
     exact = score_cpu("gaussian", candidates("gaussian", p, torch.from_numpy(rng.unit_doubles(raw))[:, None]), p, mu_q)
     screen = GaussianScreen(p, mu_q)
-    offset = exact.numpy() - screen.exact(raw, 0, 300)  # the chunk's constant: the same for every candidate
+    cols, offsets = np.arange(300), np.array([0])
+    offset = exact.numpy() - screen.exact(raw, cols, offsets)[:, 0]  # the chunk's constant: the same for every candidate
     assert np.ptp(offset) < 1e-8
-    error = np.abs(screen.rough(raw, 0, 300) + offset[0] - exact.numpy())
+    error = np.abs(screen.rough(raw, cols, offsets)[:, 0] + offset[0] - exact.numpy())
     v = rng.unit_doubles(raw)
     inner = ((v > 2.0**-15) & (v < 1 - 2.0**-15)).all(axis=1)  # rows with no draw in the table's outermost bins
     spread = np.ptp(exact.numpy())
     assert inner.sum() > 50 and error[inner].max() < 1e-3 * spread and error.max() < 1e-2 * spread
 
 
+def exact_pick(p: StepPrior, mu_q: torch.Tensor, seed: int, step: int, chunk: int, a: int, b: int,
+               log_t: np.ndarray) -> tuple[int, np.ndarray]:
+    """(j*, its draws) of chunk `chunk` (elements a..b) by scoring every candidate exactly, given its arrival
+    times log T."""
+    raw = rng.chunk_generator(seed, rng.REC_CANDIDATES, step, chunk).bit_generator.random_raw((len(log_t), 1, b - a))
+    z = candidates("gaussian", p.take(slice(a, b)), torch.from_numpy(rng.unit_doubles(raw)))
+    j = int(np.argmin(log_t - score_cpu("gaussian", z, p.take(slice(a, b)), mu_q[a:b]).numpy()))
+    return j, raw[j]
+
+
 def test_screened_search_picks_what_the_exact_search_picks() -> None:
     p, mu_q = toy_step(4000, seed=2)
     screen = GaussianScreen(p, mu_q)
-    for chunk, (a, b) in enumerate([(0, 5), (5, 40), (40, 300), (300, 4000)]):
+    chunks = [(0, 0, 5), (1, 5, 40), (2, 40, 300), (3, 300, 4000)]
+    for chunk, a, b in chunks:  # alone: the exact search, arrival times and all
         exact = _select("gaussian", 9, 1, chunk, p.take(slice(a, b)), mu_q[a:b], 1024, torch.device("cpu"))
-        assert _select_screened(screen, 9, 1, chunk, a, b, 1024) == exact
+        j, row = _screened_batch(screen, 9, 1, [(chunk, a, b)], 1024)[0]
+        assert j == exact[0] and np.array_equal(row, exact[1])
+    # side by side: chunk k's arrival times are column k of the first chunk's stream
+    times = rng.chunk_generator(9, rng.REC_TIMES, 1, 0).standard_exponential((1024, len(chunks)))
+    for k, ((chunk, a, b), (j, row)) in enumerate(zip(chunks, _screened_batch(screen, 9, 1, chunks, 1024))):
+        exact_j, exact_row = exact_pick(p, mu_q, 9, 1, chunk, a, b, np.log(np.cumsum(times[:, k])))
+        assert j == exact_j and np.array_equal(row, exact_row)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_screened_step_search_is_the_same_on_any_threads(workers: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of mixed candidate counts: the picks do not depend on the threads, and each chunk's draws are the
+    ones the decoder regenerates from its index."""
+    p, mu_q = toy_step(3000, seed=4)
+    screen = GaussianScreen(p, mu_q)
+    starts = np.array([0, 3, 50, 51, 400, 420, 1500, 3000])
+    counts = [64, 512, 32, 512, 64, 256, 512]
+    found = _screened(screen, 5, 2, starts, counts)
+    monkeypatch.setattr(coder, "SEARCH_WORKERS", workers)
+    again = _screened(screen, 5, 2, starts, counts)
+    assert [j for j, _ in found] == [j for j, _ in again]
+    assert all(np.array_equal(r, s) for (_, r), (_, s) in zip(found, again))
+    z = _regenerate("gaussian", 5, 2, p, starts, np.array([j for j, _ in found]))
+    from_rows = candidates("gaussian", p, torch.from_numpy(rng.unit_doubles(np.concatenate([r for _, r in found], 1))))
+    assert torch.equal(z, from_rows)
+
+
+def reference_split(units: list[int], limit: int) -> tuple[list[int], list[int]]:
+    """The chunking rule element by element: close the chunk before an element that would take it over `limit`
+    or past MAX_CHUNK_ELEMENTS (never before its first element)."""
+    starts, budgets, total, first = [0], [], 0, 0
+    for i, u in enumerate(units):
+        if i > first and (total + u > limit or i - first == MAX_CHUNK_ELEMENTS):
+            starts.append(i)
+            budgets.append(total)
+            total, first = 0, i
+        total += u
+    return starts + [len(units)], budgets + [total]
+
+
+@pytest.mark.parametrize("case", ["mixed", "zeros", "lone-large", "empty", "one"])
+def test_greedy_split_is_the_element_by_element_rule(case: str) -> None:
+    gen = np.random.default_rng(3)
+    units = {"mixed": gen.integers(0, 700, 20_000) * (gen.random(20_000) < 0.7),
+             "zeros": np.r_[np.zeros(9_000, np.int64), [5, 2000, 0, 1280, 1281]],  # past MAX_CHUNK_ELEMENTS
+             "lone-large": np.array([5000, 1, 1, 5000, 5000, 0]),
+             "empty": np.zeros(0, np.int64), "one": np.array([3])}[case]
+    starts, budgets = greedy_split(units, 1280)
+    assert (starts.tolist(), budgets.tolist()) == reference_split(units.tolist(), 1280)
 
 
 def test_indices_round_trip_and_cost_about_their_budget() -> None:

@@ -20,7 +20,7 @@ first layout, chunk coder `rec`) or the power pmf of exponent alpha / 64 (entrop
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +46,8 @@ _FACTOR_UNITS = 256  # f is sent in 1/256 steps
 _COST_UNITS = 256  # expected bits are rounded to 1/256 bit before the greedy split: integer sums are exact
 _BLOCK_VALUES = 1 << 22  # uniforms per candidate block: bounds the encoder's memory
 SHORTLIST = 8  # screened candidates of a block that are scored exactly
+_BATCH_VALUES = 1 << 18  # draws of a batch of small chunks searched side by side
+SEARCH_WORKERS = 2  # threads of the encoder's candidate search
 
 
 @dataclass(frozen=True)
@@ -71,24 +73,29 @@ def plan(family: str, p: StepPrior, target_bits: int, factor: int) -> tuple[np.n
     """Chunk boundaries `starts` (c + 1,) and budgets `bits` (c,) from decoder-side information and the sent
     factor f = factor / 256."""
     cost = expected_bits(family, p).numpy() * (factor / _FACTOR_UNITS)
-    units = np.rint(cost * _COST_UNITS).astype(np.int64).tolist()
-    limit = target_bits * _COST_UNITS
-    starts, budgets, total, first = [0], [], 0, 0
-    for i, u in enumerate(units):
-        if i > first and (total + u > limit or i - first == MAX_CHUNK_ELEMENTS):
-            starts.append(i)
-            budgets.append(total)
-            total, first = 0, i
-        total += u
-    starts.append(len(units))
-    budgets.append(total)
-    bits = np.clip(-(-np.asarray(budgets, np.int64) // _COST_UNITS), 1, target_bits)
-    return np.asarray(starts, np.int64), bits
+    units = np.rint(cost * _COST_UNITS).astype(np.int64)
+    starts, budgets = greedy_split(units, target_bits * _COST_UNITS)
+    return starts, np.clip(-(-budgets // _COST_UNITS), 1, target_bits)
+
+
+def greedy_split(units: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk boundaries (c + 1,) and costs (c,) of integer costs `units`: each chunk the longest run from its first
+    element whose cost stays within `limit` (at least that element, at most MAX_CHUNK_ELEMENTS); no elements make
+    one empty chunk."""
+    cum = np.concatenate([[0], np.cumsum(units)])  # cum[i]: the cost of the elements before i
+    n, starts = len(units), [0]
+    while starts[-1] < n or len(starts) == 1:
+        first = starts[-1]
+        longest = int(np.searchsorted(cum, cum[first] + limit, side="right")) - 1  # the last end within the limit
+        starts.append(min(max(longest, first + 1), first + MAX_CHUNK_ELEMENTS, n))
+    edges = np.asarray(starts, np.int64)
+    return edges, np.diff(cum[edges])
 
 
 def _select(family: str, seed: int, step: int, chunk: int, p: StepPrior, mu_q: Tensor, count: int,
-            device: torch.device) -> int:
-    """j* = argmin_j log T_j - log w_j over the chunk's `count` candidates, scored by `score` on `device`."""
+            device: torch.device) -> tuple[int, np.ndarray]:
+    """(j*, its raw draws (d, m)), j* = argmin_j log T_j - log w_j over the chunk's `count` candidates, scored by
+    `score` on `device`, in blocks of rows that bound the memory."""
     m, d = p.mu_p.shape[0], DRAWS[family]
     pd = StepPrior(p.mu_p.to(device), p.sigma_p.to(device), p.delta.to(device))
     mq = mu_q.to(device)
@@ -97,49 +104,105 @@ def _select(family: str, seed: int, step: int, chunk: int, p: StepPrior, mu_q: T
         v = torch.from_numpy(rng.unit_doubles(raw)).to(device)
         return score(family, candidates(family, pd, v), pd, mq).cpu().numpy()
 
-    return _search(seed, step, chunk, count, (d, m), log_w)
-
-
-def _select_screened(screen: GaussianScreen, seed: int, step: int, chunk: int, a: int, b: int, count: int) -> int:
-    """j* for the Gaussian chunk of elements a..b on the CPU: `screen.rough` ranks each block, the SHORTLIST best
-    are scored by `screen.exact`; the same j* as `_select` unless the rough error reorders the best few."""
-    return _search(seed, step, chunk, count, (1, b - a), lambda raw: screen.exact(raw[:, 0], a, b),
-                   lambda raw: screen.rough(raw[:, 0], a, b))
-
-
-def _search(seed: int, step: int, chunk: int, count: int, shape: tuple[int, int],
-            log_w: Callable[[np.ndarray], np.ndarray],
-            rough_log_w: Callable[[np.ndarray], np.ndarray] | None = None) -> int:
-    """argmin_j log T_j - log w_j over the chunk's candidates, from their raw draws (rows of `shape`) in blocks
-    that bound the memory; with `rough_log_w`, only the SHORTLIST best of a block by it go to `log_w`."""
-    draws = rng.chunk_generator(seed, rng.REC_CANDIDATES, step, chunk)
+    draws = rng.chunk_generator(seed, rng.REC_CANDIDATES, step, chunk).bit_generator
     log_t = np.log(np.cumsum(rng.chunk_generator(seed, rng.REC_TIMES, step, chunk).standard_exponential(count)))
-    block = max(1, _BLOCK_VALUES // (shape[0] * shape[1]))
-    best, best_j = np.inf, 0
+    block = max(1, _BLOCK_VALUES // (d * m))
+    best, best_j, best_raw = np.inf, 0, np.zeros((d, m), np.uint64)
     for first in range(0, count, block):
-        raw = draws.bit_generator.random_raw((min(block, count - first), *shape))
-        rows = np.arange(first, first + len(raw))
-        if rough_log_w is not None and len(rows) > SHORTLIST:
-            keep = np.argpartition(log_t[rows] - rough_log_w(raw), SHORTLIST)[:SHORTLIST]
-            raw, rows = raw[keep], rows[keep]
-        key = log_t[rows] - log_w(raw)
+        raw = draws.random_raw((min(block, count - first), d, m))
+        key = log_t[first : first + len(raw)] - log_w(raw)
         j = int(np.argmin(key))
-        if key[j] < best:
-            best, best_j = float(key[j]), int(rows[j])
-    return best_j
+        if first == 0 or key[j] < best:
+            best, best_j, best_raw = float(key[j]), first + j, raw[j]
+    return best_j, best_raw
+
+
+def _screened_batch(screen: GaussianScreen, seed: int, step: int, chunks: list[tuple[int, int, int]],
+                    count: int) -> list[tuple[int, np.ndarray]]:
+    """(j*, its raw draws (1, m)) of each Gaussian chunk (c, a, b) (chunk c holds elements a..b), all of `count`
+    candidates, on the CPU, side by side: in each block of rows `screen.rough` ranks every chunk's candidates and
+    the SHORTLIST best are scored by `screen.exact`; the same j* as an exact search unless the rough error reorders
+    the best few."""
+    k = np.arange(len(chunks))
+    ms = [b - a for _, a, b in chunks]
+    offsets = np.cumsum([0, *ms[:-1]])
+    cols = np.concatenate([np.arange(a, b) for _, a, b in chunks])  # the element of each column
+    owner = np.repeat(k, ms)  # the chunk of each column
+    everywhere = np.arange(len(cols))
+    draws = [rng.chunk_generator(seed, rng.REC_CANDIDATES, step, c).bit_generator for c, _, _ in chunks]
+    # the arrival times are the encoder's own: chunk k's are column k of the stream of the batch's first chunk (for
+    # a lone chunk the stream `_select` reads)
+    times = rng.chunk_generator(seed, rng.REC_TIMES, step, chunks[0][0]).standard_exponential((count, len(chunks)))
+    log_t = np.log(np.cumsum(times, axis=0))  # (count, chunks)
+    block = max(1, _BLOCK_VALUES // len(cols))
+    best, best_j, best_raw = np.full(len(chunks), np.inf), np.zeros(len(chunks), np.int64), np.zeros(len(cols), np.uint64)
+    for first in range(0, count, block):
+        n = min(block, count - first)
+        raw = np.concatenate([d.random_raw((n, m)) for d, m in zip(draws, ms)], axis=1)  # (n, columns)
+        lt = log_t[first : first + n]
+        keep = (np.argpartition(lt - screen.rough(raw, cols, offsets), SHORTLIST, axis=0)[:SHORTLIST]
+                if n > SHORTLIST else np.broadcast_to(np.arange(n)[:, None], lt.shape))
+        shortlist = raw[keep[:, owner], everywhere]  # row r of column e: chunk owner[e]'s r-th shortlisted row
+        key = np.take_along_axis(lt, keep, axis=0) - screen.exact(shortlist, cols, offsets)
+        i = np.argmin(key, axis=0)
+        won = (first == 0) | (key[i, k] < best)
+        best = np.where(won, key[i, k], best)
+        best_j = np.where(won, first + keep[i, k], best_j)
+        best_raw = np.where(won[owner], shortlist[i[owner], everywhere], best_raw)
+    return [(int(j), best_raw[o : o + m][None]) for j, o, m in zip(best_j.tolist(), offsets.tolist(), ms)]
+
+
+def _screened(screen: GaussianScreen, seed: int, step: int, starts: np.ndarray,
+              counts: list[int]) -> list[tuple[int, np.ndarray]]:
+    """(j*, raw draws) of every chunk of a Gaussian step on the CPU: chunks of one candidate count go in batches of
+    up to _BATCH_VALUES draws (`_screened_batch`), the batches on SEARCH_WORKERS threads (numpy's draws and table
+    reads release the GIL); the threads change no j*."""
+    batches: list[tuple[int, list[tuple[int, int, int]]]] = []
+    open_batch: dict[int, tuple[int, list[tuple[int, int, int]]]] = {}  # count -> (its draws so far, its chunks)
+    for c, (n, a, b) in enumerate(zip(counts, starts[:-1].tolist(), starts[1:].tolist())):
+        size, chunks = open_batch.get(n, (0, []))
+        if not chunks or size + n * (b - a) > _BATCH_VALUES:
+            size, chunks = 0, []
+            batches.append((n, chunks))
+        chunks.append((c, a, b))
+        open_batch[n] = (size + n * (b - a), chunks)
+    work = np.array([n * sum(b - a for _, a, b in chunks) for n, chunks in batches], np.float64)
+    found: list[tuple[int, np.ndarray]] = [(0, np.zeros((1, 0), np.uint64))] * len(counts)
+
+    def run(part: range) -> None:
+        for n, chunks in (batches[i] for i in part):
+            for (c, _, _), hit in zip(chunks, _screened_batch(screen, seed, step, chunks, n)):
+                found[c] = hit
+
+    with ThreadPoolExecutor(SEARCH_WORKERS) as pool:
+        list(pool.map(run, _balanced(work, SEARCH_WORKERS)))  # list(): raises what a worker raised
+    return found
+
+
+def _balanced(work: np.ndarray, parts: int) -> list[range]:
+    """`parts` contiguous ranges of indices into `work` with about equal sums of it."""
+    cuts = np.searchsorted(np.cumsum(work), np.arange(1, parts) * work.sum() / parts).tolist()
+    ends = [0, *cuts, len(work)]
+    return [range(a, b) for a, b in zip(ends[:-1], ends[1:])]
+
+
+def _candidates_of(family: str, p: StepPrior, rows: list[np.ndarray]) -> Tensor:
+    """z_s (n,) from each chunk's chosen row of raw draws (d, m), through `candidates`."""
+    d = DRAWS[family]
+    v = torch.from_numpy(rng.unit_doubles(np.concatenate(rows, axis=1))) if rows else torch.zeros(d, 0, dtype=torch.float64)
+    return candidates(family, p, v)
 
 
 def _regenerate(family: str, seed: int, step: int, p: StepPrior, starts: np.ndarray, indices: np.ndarray) -> Tensor:
-    """z_s (n,) from each chunk's chosen index: row j of the chunk's shared uniforms, through `candidates`."""
+    """z_s (n,) from each chunk's chosen index: row j of the chunk's shared draws."""
     d = DRAWS[family]
     rows = []
     for c, j in enumerate(indices.tolist()):
         m = int(starts[c + 1] - starts[c])
-        uniforms = rng.chunk_generator(seed, rng.REC_CANDIDATES, step, c)
-        uniforms.bit_generator.advance(j * d * m)
-        rows.append(uniforms.random((d, m)))
-    v = torch.from_numpy(np.concatenate(rows, axis=1)) if rows else torch.zeros(d, 0, dtype=torch.float64)
-    return candidates(family, p, v)
+        draws = rng.chunk_generator(seed, rng.REC_CANDIDATES, step, c).bit_generator
+        draws.advance(j * d * m)
+        rows.append(draws.random_raw((d, m)))
+    return _candidates_of(family, p, rows)
 
 
 def encode_step(family: str, seed: int, step: int, p: StepPrior, mu_q: Tensor, target_bits: int = TARGET_BITS,
@@ -155,15 +218,16 @@ def encode_step(family: str, seed: int, step: int, p: StepPrior, mu_q: Tensor, t
     device = torch.device(device)
     screen = GaussianScreen(p, mu_q) if family == "gaussian" and device.type == "cpu" else None
     counts = [1 << int(b + margin) for b in bits]
-    spans = list(zip(starts[:-1].tolist(), starts[1:].tolist()))
-    indices = np.array([
-        _select_screened(screen, seed, step, c, a, b, n) if screen is not None
-        else _select(family, seed, step, c, p.take(slice(a, b)), mu_q[a:b], n, device)
-        for c, ((a, b), n) in enumerate(zip(spans, counts))
-    ], np.int64)
+    if screen is not None:
+        found = _screened(screen, seed, step, starts, counts)
+    else:
+        spans = zip(starts[:-1].tolist(), starts[1:].tolist())
+        found = [_select(family, seed, step, c, p.take(slice(a, b)), mu_q[a:b], n, device)
+                 for c, ((a, b), n) in enumerate(zip(spans, counts))]
+    indices = np.array([j for j, _ in found], np.int64)
     alpha = best_alpha(indices, bits, margin) if power else None
     words, info = encode_indices(indices, bits, margin, alpha)
-    z_s = _regenerate(family, seed, step, p, starts, indices)
+    z_s = _candidates_of(family, p, [row for _, row in found])  # the rows the decoder's _regenerate draws
     prefix = _PREFIX.pack(FAMILY_IDS[family], target_bits, margin, factor) + (b"" if alpha is None else bytes([alpha]))
     return RecStep(prefix + words, info + 8 * len(prefix), z_s, len(indices), expected, float(kl.sum()))
 

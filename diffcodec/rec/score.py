@@ -114,12 +114,13 @@ class GaussianScreen:
         self.lin = (2.0 * p1 * s * (mu_q - p.mu_p)).numpy()
         self.quad32, self.lin32 = self.quad.astype(np.float32), self.lin.astype(np.float32)
 
-    def rough(self, raw: np.ndarray, a: int, b: int) -> np.ndarray:
-        """Approximate log w (minus the chunk's constant) of candidate rows raw (N, b - a) of elements a..b."""
+    def rough(self, raw: np.ndarray, cols: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Approximate log w (minus each chunk's constant), (N, chunks), of candidate rows raw (N, columns): column
+        e holds element cols[e], chunk k the columns from offsets[k] to the next offset."""
         n = np.take(_ndtri_table(), raw.view(np.uint16)[..., _TOP_LANE::4])  # the top 16 bits of each draw
-        return (n * n) @ self.quad32[a:b] + n @ self.lin32[a:b]
+        return np.add.reduceat(n * (n * self.quad32[cols] + self.lin32[cols]), offsets, axis=1)
 
-    def exact(self, raw: np.ndarray, a: int, b: int) -> np.ndarray:
-        """log w (minus the chunk's constant) of candidate rows raw (N, b - a), float64."""
+    def exact(self, raw: np.ndarray, cols: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """log w (minus each chunk's constant), (N, chunks), float64, of candidate rows raw as in `rough`."""
         n = standard_normal(torch.from_numpy(unit_doubles(raw))).numpy()
-        return (n * n) @ self.quad[a:b] + n @ self.lin[a:b]
+        return np.add.reduceat(n * (n * self.quad[cols] + self.lin[cols]), offsets, axis=1)
