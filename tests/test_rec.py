@@ -185,6 +185,20 @@ def test_step_decodes_to_the_encoders_sample_at_about_the_kl(family: str) -> Non
         assert float((residual.abs() <= math.sqrt(3)).double().mean()) > 0.97
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_smaller_fraction_sends_fewer_bits_and_a_sample_nearer_the_prior(family: str) -> None:
+    """rec_fraction < 1: chunks planned for part of the KL carry more of it than their candidates are sized for;
+    the decoder still rebuilds the encoder's sample from the payload alone."""
+    p, mu_q = toy_step(3000, seed=5)
+    full, part = encode_step(family, 5, 0, p, mu_q), encode_step(family, 5, 0, p, mu_q, fraction=0.5)
+    assert torch.equal(decode_step(part.payload, 5, 0, p), part.z_s)
+    assert part.chunks < 0.7 * full.chunks and part.bits < 0.9 * full.bits
+    assert float((part.z_s - p.mu_p).square().mean()) < float((full.z_s - p.mu_p).square().mean())
+    for bad in (0.0, -1.0, 5.0, float("nan")):
+        with pytest.raises(BadInputError, match="rec_fraction"):
+            encode_step(family, 5, 0, p, mu_q, fraction=bad)
+
+
 def test_power_pmf_round_trips_and_fits_its_exponent() -> None:
     rng_ = np.random.default_rng(0)
     indices = np.minimum((rng_.pareto(0.6, 3000)).astype(np.int64), 511)  # heavy-tailed, mostly small: like j*
@@ -288,11 +302,11 @@ def test_cli_refuses_conflicting_coder_options(args: tuple, flag: str, tmp_path:
 
 
 def test_a_named_coder_starts_from_the_built_in_choices() -> None:
-    default = Coding("hybrid", 4, "gaussian", rec_bits=6, rec_margin=3)
+    default = Coding("hybrid", 4, "gaussian", rec_bits=6, rec_margin=3, rec_fraction=0.5)
     assert default.override() == default
-    assert default.override(rec_steps=2) == Coding("hybrid", 2, "gaussian", 6, 3)
-    assert default.override("rec") == Coding("rec", None, "uniform", 6, 3)  # the budget stays the model's
-    assert default.override("uq", rec_bits=8) == Coding("uq", None, "uniform", 8, 3)
+    assert default.override(rec_steps=2) == Coding("hybrid", 2, "gaussian", 6, 3, 0.5)
+    assert default.override("rec") == Coding("rec", None, "uniform", 6, 3, 0.5)  # the budget stays the model's
+    assert default.override("uq", rec_bits=8) == Coding("uq", None, "uniform", 8, 3, 0.5)
 
 
 def model_with_codec_file(tiny_model: Path, folder: Path, entries: dict) -> Path:
@@ -317,7 +331,21 @@ def test_codec_json_chooses_the_default_coder(tiny_model: Path, tmp_path: Path) 
     assert strict_json(ok(cli("info", tmp_path / "a.dcz", "--json")).stdout)["coders"] == ["rec-power"] * 2 + ["uq"] * 2
 
 
+def test_codec_json_rec_fraction_reaches_the_encoder(tiny_model: Path, tmp_path: Path) -> None:
+    """The factor F a REC step sends (payload bytes 3-4) is the fraction times F at fraction 1, about."""
+    def factor(fraction: float) -> int:
+        entries = {"coder": "rec", "posterior": "gaussian", "rec_fraction": fraction}
+        model = model_with_codec_file(tiny_model, tmp_path / str(fraction), entries)
+        data = diffcodec.encode(CROP, model=model, seed=3)
+        assert (diffcodec.decode(data, model=tiny_model) == CROP).all()
+        return [int.from_bytes(c.payload[3:5], "little") for c in read_stream(data).chunks[1:-1]]
+
+    full, half = factor(1.0), factor(0.5)
+    assert all(h == pytest.approx(f / 2, abs=1) for f, h in zip(full, half) if f < 65535) and min(full) < 65535
+
+
 @pytest.mark.parametrize("entries", [{"coder": "hybrid", "rec_steps": TINY_STEPS + 1}, {"rec_margin": 7},
+                                     {"coder": "rec", "rec_fraction": 0}, {"coder": "rec", "rec_fraction": "half"},
                                      {"coder": "uq", "posterior": "gaussian"}, {"coder": "arith"}, {"rec_bitz": 4}])
 def test_a_bad_default_coder_is_refused(tiny_model: Path, tmp_path: Path, entries: dict) -> None:
     model = model_with_codec_file(tiny_model, tmp_path / "m", entries)

@@ -21,8 +21,9 @@ from diffcodec.zoo import load_model
 
 from conftest import KODIM01, KODIM15, copy_default, rgb_pixels
 
-STEPS = 5  # the default model's codec.json: steps 1-4 Gaussian REC, step 5 UQ
-GROUPED_IDS = [CODER_REC_GROUPED] * 4 + [CODER_UQ_GROUPED]
+STEPS = 5  # the default model's codec.json: all 5 steps Gaussian REC
+GROUPED_IDS = {None: [CODER_REC_GROUPED] * 5, 4: [CODER_REC_GROUPED] * 4 + [CODER_UQ_GROUPED]}  # by rec_steps
+PLAIN_IDS = {None: [CODER_REC_POWER] * 5, 4: [CODER_REC_POWER] * 4 + [CODER_UQ]}
 
 
 @pytest.fixture(scope="module")
@@ -51,27 +52,29 @@ def test_the_fitted_networks_are_found_beside_the_model(grouped_model: Path) -> 
     assert loaded.step_nets.model_hash == loaded.weights_hash
 
 
-def test_grouped_steps_decode_exactly(grouped_model: Path, always_grouped: None) -> None:
+@pytest.mark.parametrize("rec_steps", [None, 4])  # the default (all REC), and step 5 by UQ
+def test_grouped_steps_decode_exactly(grouped_model: Path, always_grouped: None, rec_steps: int | None) -> None:
     pixels = np.ascontiguousarray(rgb_pixels(KODIM15)[3:64, 5:52])  # 61 x 47: groups of unequal size
-    data = diffcodec.encode(pixels, model=grouped_model, seed=3)
-    assert [c.coder for c in read_stream(data).chunks[:STEPS]] == [CODER_REC_POWER] * 2 + GROUPED_IDS[2:]
+    coding = {} if rec_steps is None else {"coder": "hybrid", "rec_steps": rec_steps, "posterior": "gaussian"}
+    data = diffcodec.encode(pixels, model=grouped_model, seed=3, **coding)
+    assert [c.coder for c in read_stream(data).chunks[:STEPS]] == [CODER_REC_POWER] * 2 + GROUPED_IDS[rec_steps][2:]
     rungs = diffcodec.decode_rungs(data, model=grouped_model)  # every rung is checked against the encoder's
     assert np.array_equal(rungs[-1].pixels, pixels)
-    plain = diffcodec.encode(pixels, model=grouped_model, seed=3, context=False)
-    assert [c.coder for c in read_stream(plain).chunks[:STEPS]] == [CODER_REC_POWER] * 4 + [CODER_UQ]
+    plain = diffcodec.encode(pixels, model=grouped_model, seed=3, context=False, **coding)
+    assert [c.coder for c in read_stream(plain).chunks[:STEPS]] == PLAIN_IDS[rec_steps]
 
 
 def test_the_context_makes_the_fitted_step_smaller(grouped_model: Path, always_grouped: None) -> None:
     pixels = rgb_pixels(KODIM01)
     result = diffcodec.encode_report(pixels, model=grouped_model, seed=3)
     plain = diffcodec.encode_report(pixels, model=grouped_model, seed=3, context=False)
-    # step 5 (UQ) over its KL: the refined prior spends fewer bits than the plain one (framing included)
+    # step 5: the refined prior spends fewer bits than the plain one (framing included)
     assert result.rungs[5].ideal_bits < plain.rungs[5].ideal_bits
 
 
 def test_a_small_step_is_sent_plainly(grouped_model: Path) -> None:
     data = diffcodec.encode(rgb_pixels(KODIM01)[:16, :16], model=grouped_model, seed=3)
-    assert [c.coder for c in read_stream(data).chunks[:STEPS]] == [CODER_REC_POWER] * 4 + [CODER_UQ]
+    assert [c.coder for c in read_stream(data).chunks[:STEPS]] == PLAIN_IDS[None]
 
 
 def test_a_decoder_without_the_step_context_says_so(grouped_model: Path, always_grouped: None,
@@ -114,11 +117,13 @@ def test_a_step_context_for_other_weights_is_refused(grouped_model: Path, other_
         load_model(folder)
 
 
-def test_a_corrupt_grouped_chunk_is_an_error(grouped_model: Path, always_grouped: None) -> None:
+@pytest.mark.parametrize("rec_steps", [None, 4])
+def test_a_corrupt_grouped_chunk_is_an_error(grouped_model: Path, always_grouped: None, rec_steps: int | None) -> None:
     pixels = rgb_pixels(KODIM15)
-    stream = read_stream(diffcodec.encode(pixels, model=grouped_model, seed=3))
+    coding = {} if rec_steps is None else {"coder": "hybrid", "rec_steps": rec_steps, "posterior": "gaussian"}
+    stream = read_stream(diffcodec.encode(pixels, model=grouped_model, seed=3, **coding))
     last_step = stream.chunks[STEPS - 1]
-    assert last_step.coder == CODER_UQ_GROUPED
+    assert last_step.coder == GROUPED_IDS[rec_steps][-1]
     payload = last_step.payload
     # cut in the first length, inside the first part, just before the last part; one byte more
     for bad in (payload[:10], payload[:20], payload[:-1], payload + b"\0"):

@@ -38,6 +38,7 @@ MARGIN = 2
 MAX_TARGET_BITS = 16
 MAX_MARGIN = 4  # a chunk's index table has at most 2^(16 + 4) entries
 MAX_CHUNK_ELEMENTS = 4096
+MAX_FRACTION = 4.0
 FAMILY_IDS = {"uniform": 1, "gaussian": 2}
 """Posterior family -> the id in a REC payload's first byte (stable ids)."""
 _FAMILY_NAMES = {i: name for name, i in FAMILY_IDS.items()}
@@ -60,6 +61,12 @@ class RecStep:
     chunks: int
     expected_bits: float  # the decoder-predicted KL of the step (sum of expected_bits, before the factor f)
     kl_bits: float  # the step's KL(q || p)
+
+
+def check_fraction(fraction: float) -> None:
+    """BadInputError unless 0 < fraction <= MAX_FRACTION."""
+    if not (isinstance(fraction, (int, float)) and 0.0 < fraction <= MAX_FRACTION):
+        raise BadInputError(f"REC needs 0 < rec_fraction <= {MAX_FRACTION:g}, got {fraction!r}")
 
 
 def check_budget(target_bits: int, margin: int) -> None:
@@ -206,14 +213,19 @@ def _regenerate(family: str, seed: int, step: int, p: StepPrior, starts: np.ndar
 
 
 def encode_step(family: str, seed: int, step: int, p: StepPrior, mu_q: Tensor, target_bits: int = TARGET_BITS,
-                margin: int = MARGIN, device: torch.device | str = "cpu", power: bool = True) -> RecStep:
+                margin: int = MARGIN, device: torch.device | str = "cpu", power: bool = True,
+                fraction: float = 1.0) -> RecStep:
     """Send q(z_s | z_t, x) (mean mu_q (n,), float64) by REC; the scoring runs on `device`. `power`: the payload's
-    indices use the power pmf with the cheapest alpha (layout `rec-power`), else the flat pmf (layout `rec`)."""
+    indices use the power pmf with the cheapest alpha (layout `rec-power`), else the flat pmf (layout `rec`).
+    `fraction`: the share of the step's KL that the chunk budgets are planned for (f = fraction KL / expected);
+    below 1 each chunk carries more KL than its candidates are sized for, and its pick leans toward the prior:
+    fewer bits and a sample further from q."""
     check_family(family)
     check_budget(target_bits, margin)
+    check_fraction(fraction)
     kl = kl_bits(family, p, mu_q)
     expected = float(expected_bits(family, p).sum())
-    factor = int(np.clip(np.ceil(float(kl.sum()) / max(expected, 1e-9) * _FACTOR_UNITS), 1, 2**16 - 1))
+    factor = int(np.clip(np.ceil(fraction * float(kl.sum()) / max(expected, 1e-9) * _FACTOR_UNITS), 1, 2**16 - 1))
     starts, bits = plan(family, p, target_bits, factor)
     device = torch.device(device)
     screen = GaussianScreen(p, mu_q) if family == "gaussian" and device.type == "cpu" else None
