@@ -293,7 +293,7 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
         raise BadInputError(f"steps must be in [1, {loaded.model.steps}] for model {loaded.name!r}, got {T!r}")
     seed = secrets.randbits(63) if seed is None else int(seed)
     h, w = src.pixels.shape[:2]
-    coders = grouped_coders(loaded.coding.override(coder, rec_steps, posterior, rec_bits).coders(T),
+    coders = grouped_coders(loaded.coding.for_steps(T).override(coder, rec_steps, posterior, rec_bits).coders(T),
                             loaded.step_nets if context else None)
     # validates every field before any work; the rung-0 check is known once the ladder has started
     header = Header(loaded.name, loaded.weights_hash, h, w, src.mode, src.palette, seed, T, 0)

@@ -196,6 +196,11 @@ class Coding:
                        posterior=base.posterior if posterior is None else posterior,
                        rec_bits=base.rec_bits if rec_bits is None else rec_bits)
 
+    def for_steps(self, steps: int) -> "Coding":
+        """This coding (a model's default) for a file of `steps` steps: a rec_steps beyond them sends them all by REC
+        (a caller's own rec_steps, given through `override` after this, is still checked)."""
+        return self if self.rec_steps is None else replace(self, rec_steps=min(self.rec_steps, steps))
+
     def coders(self, steps: int) -> list[StepCoder]:
         """The coder of each of the T steps (BadInputError for a choice that makes no sense)."""
         return step_coders(steps, self.coder, self.rec_steps, self.posterior, self.rec_bits, self.rec_margin,

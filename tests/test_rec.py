@@ -331,6 +331,18 @@ def test_codec_json_chooses_the_default_coder(tiny_model: Path, tmp_path: Path) 
     assert strict_json(ok(cli("info", tmp_path / "a.dcz", "--json")).stdout)["coders"] == ["rec-power"] * 2 + ["uq"] * 2
 
 
+def test_a_default_of_rec_for_every_step_fits_fewer_steps(tiny_model: Path, tmp_path: Path) -> None:
+    """codec.json's rec_steps = all steps still encodes with --steps fewer (all of them by REC); a caller's own
+    rec_steps beyond the steps is refused."""
+    entries = {"coder": "hybrid", "rec_steps": TINY_STEPS, "posterior": "gaussian"}
+    model = model_with_codec_file(tiny_model, tmp_path / "m", entries)
+    data = diffcodec.encode(CROP, model=model, seed=3, steps=TINY_STEPS - 1)
+    assert [c.coder for c in read_stream(data).chunks[:-1]] == [CODER_REC_POWER] * (TINY_STEPS - 1)
+    assert (diffcodec.decode(data, model=tiny_model) == CROP).all()
+    with pytest.raises(BadInputError, match="rec_steps must be in"):
+        diffcodec.encode(CROP, model=model, seed=3, steps=TINY_STEPS - 1, rec_steps=TINY_STEPS)
+
+
 def test_codec_json_rec_fraction_reaches_the_encoder(tiny_model: Path, tmp_path: Path) -> None:
     """The factor F a REC step sends (payload bytes 3-4) is the fraction times F at fraction 1, about."""
     def factor(fraction: float) -> int:
