@@ -274,7 +274,7 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
     coder: "uq" (universal quantization), "rec" (shared-seed REC for every step) or "hybrid" (REC for the first
     `rec_steps` steps, default T // 2, then UQ); REC sends the `posterior` family ("uniform" or "gaussian") in
     chunks of about `rec_bits` bits. Each left None takes the model's default (its codec.json: the default model
-    sends all 5 of its steps as Gaussian REC steps; `steps.Coding.override`). The decoder reads the choice
+    sends its first 4 steps as Gaussian REC steps, then UQ; `steps.Coding.override`). The decoder reads the choice
     from the file.
 
     context: code the pixels with the model's pixel context network (context.pt) when it has one for T steps

@@ -21,9 +21,9 @@ from diffcodec.zoo import load_model
 
 from conftest import KODIM01, KODIM15, copy_default, rgb_pixels
 
-STEPS = 5  # the default model's codec.json: all 5 steps Gaussian REC
-GROUPED_IDS = {None: [CODER_REC_GROUPED] * 5, 4: [CODER_REC_GROUPED] * 4 + [CODER_UQ_GROUPED]}  # by rec_steps
-PLAIN_IDS = {None: [CODER_REC_POWER] * 5, 4: [CODER_REC_POWER] * 4 + [CODER_UQ]}
+STEPS = 5  # the default model's codec.json: steps 1-4 Gaussian REC, step 5 UQ
+GROUPED_IDS = {None: [CODER_REC_GROUPED] * 4 + [CODER_UQ_GROUPED], 5: [CODER_REC_GROUPED] * 5}  # by rec_steps
+PLAIN_IDS = {None: [CODER_REC_POWER] * 4 + [CODER_UQ], 5: [CODER_REC_POWER] * 5}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_the_fitted_networks_are_found_beside_the_model(grouped_model: Path) -> 
     assert loaded.step_nets.model_hash == loaded.weights_hash
 
 
-@pytest.mark.parametrize("rec_steps", [None, 4])  # the default (all REC), and step 5 by UQ
+@pytest.mark.parametrize("rec_steps", [None, 5])  # the default (step 5 by UQ), and every step by REC
 def test_grouped_steps_decode_exactly(grouped_model: Path, always_grouped: None, rec_steps: int | None) -> None:
     pixels = np.ascontiguousarray(rgb_pixels(KODIM15)[3:64, 5:52])  # 61 x 47: groups of unequal size
     coding = {} if rec_steps is None else {"coder": "hybrid", "rec_steps": rec_steps, "posterior": "gaussian"}
@@ -68,7 +68,7 @@ def test_the_context_makes_the_fitted_step_smaller(grouped_model: Path, always_g
     pixels = rgb_pixels(KODIM01)
     result = diffcodec.encode_report(pixels, model=grouped_model, seed=3)
     plain = diffcodec.encode_report(pixels, model=grouped_model, seed=3, context=False)
-    # step 5: the refined prior spends fewer bits than the plain one (framing included)
+    # step 5 (UQ) over its KL: the refined prior spends fewer bits than the plain one (framing included)
     assert result.rungs[5].ideal_bits < plain.rungs[5].ideal_bits
 
 
@@ -117,7 +117,7 @@ def test_a_step_context_for_other_weights_is_refused(grouped_model: Path, other_
         load_model(folder)
 
 
-@pytest.mark.parametrize("rec_steps", [None, 4])
+@pytest.mark.parametrize("rec_steps", [None, 5])
 def test_a_corrupt_grouped_chunk_is_an_error(grouped_model: Path, always_grouped: None, rec_steps: int | None) -> None:
     pixels = rgb_pixels(KODIM15)
     coding = {} if rec_steps is None else {"coder": "hybrid", "rec_steps": rec_steps, "posterior": "gaussian"}

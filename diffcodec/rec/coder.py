@@ -1,13 +1,14 @@
 """One diffusion step sent by chunked shared-seed REC (ordered random coding / Poisson functional representation).
 
 Both sides split the step's n elements (flat order) into chunks from the decoder-predictable cost
-`expected_bits` times a factor f the encoder sends (f = the step's KL / its expected bits, so budgets match the
-real KL on average); greedy: a chunk closes before it would exceed `target_bits`, or at MAX_CHUNK_ELEMENTS; and give
+`expected_bits` times a factor f the encoder sends (f = fraction x the step's KL / its expected bits: at fraction 1
+the budgets match the real KL on average; below 1 each chunk carries more KL than its budget); greedy: a chunk closes before it would exceed `target_bits`, or at MAX_CHUNK_ELEMENTS; and give
 chunk c the budget b_c = ceil(its expected bits) in [1, target_bits] and 2^(b_c + margin) candidates z_j ~ p,
 drawn from the uniforms of rng.chunk_generator(seed, REC_CANDIDATES, step, c). The encoder picks
 j* = argmin_j (log T_j - log w_j), T_j the arrival times of a unit Poisson process and w_j = q(z_j) / p(z_j);
 the indices are entropy-coded (entropy/index.py). The decoder skips to row j* of the same uniforms and rebuilds
-the candidate. Both sides build z_s by the one function `_regenerate`, so they hold bit-identical values.
+the candidate; the encoder keeps that row's draws from its search, and both sides turn draws into z_s by the one
+function `_candidates_of`, so they hold bit-identical values.
 The encoder's work is at most 2^(target_bits + margin) candidates per chunk: a lone element of KL above
 target_bits gets that many, and its sample is then only approximately from q (the file stays decodable and its
 last rung exact).
@@ -65,7 +66,7 @@ class RecStep:
 
 def check_fraction(fraction: float) -> None:
     """BadInputError unless 0 < fraction <= MAX_FRACTION."""
-    if not (isinstance(fraction, (int, float)) and 0.0 < fraction <= MAX_FRACTION):
+    if isinstance(fraction, bool) or not (isinstance(fraction, (int, float)) and 0.0 < fraction <= MAX_FRACTION):
         raise BadInputError(f"REC needs 0 < rec_fraction <= {MAX_FRACTION:g}, got {fraction!r}")
 
 
