@@ -199,6 +199,14 @@ def test_a_smaller_fraction_sends_fewer_bits_and_a_sample_nearer_the_prior(famil
             encode_step(family, 5, 0, p, mu_q, fraction=bad)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_step_of_no_elements_round_trips(family: str) -> None:
+    """An empty part (a checkerboard group of a one-row image) is one empty chunk on both sides."""
+    p, mu_q = toy_step(0)
+    sent = encode_step(family, 5, 0, p, mu_q)
+    assert sent.z_s.shape == (0,) and decode_step(sent.payload, 5, 0, p).shape == (0,)
+
+
 def test_power_pmf_round_trips_and_fits_its_exponent() -> None:
     rng_ = np.random.default_rng(0)
     indices = np.minimum((rng_.pareto(0.6, 3000)).astype(np.int64), 511)  # heavy-tailed, mostly small: like j*

@@ -64,6 +64,13 @@ def test_grouped_steps_decode_exactly(grouped_model: Path, always_grouped: None,
     assert [c.coder for c in read_stream(plain).chunks[:STEPS]] == PLAIN_IDS[rec_steps]
 
 
+def test_a_one_row_image_with_empty_groups_decodes_exactly(grouped_model: Path, always_grouped: None) -> None:
+    pixels = np.ascontiguousarray(rgb_pixels(KODIM15)[:1, :200])  # groups of odd rows are empty
+    data = diffcodec.encode(pixels, model=grouped_model, seed=3)
+    assert [c.coder for c in read_stream(data).chunks[:STEPS]] == [CODER_REC_POWER] * 2 + GROUPED_IDS[None][2:]
+    assert np.array_equal(diffcodec.decode(data, model=grouped_model), pixels)
+
+
 def test_the_context_makes_the_fitted_step_smaller(grouped_model: Path, always_grouped: None) -> None:
     pixels = rgb_pixels(KODIM01)
     result = diffcodec.encode_report(pixels, model=grouped_model, seed=3)

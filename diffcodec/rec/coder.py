@@ -165,16 +165,20 @@ def _screened(screen: GaussianScreen, seed: int, step: int, starts: np.ndarray,
     """(j*, raw draws) of every chunk of a Gaussian step on the CPU: chunks of one candidate count go in batches of
     up to _BATCH_VALUES draws (`_screened_batch`), the batches on SEARCH_WORKERS threads (numpy's draws and table
     reads release the GIL); the threads change no j*."""
-    batches: list[tuple[int, list[tuple[int, int, int]]]] = []
-    open_batch: dict[int, tuple[int, list[tuple[int, int, int]]]] = {}  # count -> (its draws so far, its chunks)
+    by_count: dict[int, list[tuple[int, int, int]]] = {}
     for c, (n, a, b) in enumerate(zip(counts, starts[:-1].tolist(), starts[1:].tolist())):
-        size, chunks = open_batch.get(n, (0, []))
-        if not chunks or size + n * (b - a) > _BATCH_VALUES:
-            size, chunks = 0, []
-            batches.append((n, chunks))
-        chunks.append((c, a, b))
-        open_batch[n] = (size + n * (b - a), chunks)
-    work = np.array([n * sum(b - a for _, a, b in chunks) for n, chunks in batches], np.float64)
+        by_count.setdefault(n, []).append((c, a, b))
+    batches: list[tuple[int, list[tuple[int, int, int]]]] = []  # (count, its chunks in order)
+    sizes: list[int] = []  # draws of each batch
+    for n, chunks in by_count.items():
+        for chunk in chunks:
+            draws = n * (chunk[2] - chunk[1])
+            if not batches or batches[-1][0] != n or sizes[-1] + draws > _BATCH_VALUES:
+                batches.append((n, []))
+                sizes.append(0)
+            batches[-1][1].append(chunk)
+            sizes[-1] += draws
+    work = np.asarray(sizes, np.float64)
     found: list[tuple[int, np.ndarray]] = [(0, np.zeros((1, 0), np.uint64))] * len(counts)
 
     def run(part: range) -> None:
@@ -231,7 +235,9 @@ def encode_step(family: str, seed: int, step: int, p: StepPrior, mu_q: Tensor, t
     device = torch.device(device)
     screen = GaussianScreen(p, mu_q) if family == "gaussian" and device.type == "cpu" else None
     counts = [1 << int(b + margin) for b in bits]
-    if screen is not None:
+    if len(mu_q) == 0:  # no elements (an empty checkerboard group): one empty chunk, every candidate the same
+        found = [(0, np.zeros((DRAWS[family], 0), np.uint64))]
+    elif screen is not None:
         found = _screened(screen, seed, step, starts, counts)
     else:
         spans = zip(starts[:-1].tolist(), starts[1:].tolist())
