@@ -41,6 +41,30 @@ def unit_doubles(raw: np.ndarray) -> np.ndarray:
     return (raw >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
+DRAW_BITS = (64, 16)
+"""The widths of a REC candidate's uniforms: 64 (one raw draw each, `unit_doubles`) or 16 (four to a raw draw)."""
+
+
+def draw_words(values: int, bits: int) -> int:
+    """The raw 64-bit draws behind `values` uniforms of `bits` bits: one each at 64 bits, ceil(values / 4) at 16."""
+    return values if bits == 64 else -(-values // 4)
+
+
+def lanes16(raw: np.ndarray) -> np.ndarray:
+    """The four 16-bit lanes of each raw draw, least significant first: (..., w) uint64 -> (..., 4 w) uint16."""
+    return raw.astype("<u8", copy=False).view("<u2")
+
+
+def unit16(lanes: np.ndarray) -> np.ndarray:
+    """The uniforms of 16-bit draws k: the midpoints (k + 1/2) 2^-16 of 2^16 equal bins of [0, 1), float64."""
+    return (lanes.astype(np.float64) + 0.5) * 2.0**-16
+
+
+def unit_values(raw: np.ndarray, values: int, bits: int) -> np.ndarray:
+    """The first `values` uniforms of rows of raw draws (..., draw_words(values, bits)) -> (..., values) float64."""
+    return unit_doubles(raw) if bits == 64 else unit16(lanes16(raw)[..., :values])
+
+
 def uniform(seed: int, purpose: int, step: int, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
     """v ~ U[0, 1)^shape (float32) for the given purpose and step."""
     v = _generator(seed, purpose, step).random(int(np.prod(shape)), dtype=np.float32)

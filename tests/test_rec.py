@@ -23,7 +23,7 @@ from diffcodec.errors import BadInputError, BitstreamError, ModelError
 from diffcodec import rng
 from diffcodec.rec import StepPrior, decode_step, encode_step
 from diffcodec.rec import coder
-from diffcodec.rec.coder import MAX_CHUNK_ELEMENTS, _regenerate, _screened, _screened_batch, _select, greedy_split
+from diffcodec.rec.coder import MAX_CHUNK_ELEMENTS, NARROW_DRAWS, _regenerate, _screened, _screened_batch, _select, greedy_split
 from diffcodec.rec.family import candidates, kl_bits
 from diffcodec.rec.score import GaussianScreen, score_cpu, score_reference
 from diffcodec.steps import Coding, step_coders
@@ -77,29 +77,37 @@ def test_raw_draws_give_the_generators_doubles() -> None:
     assert np.array_equal(rng.unit_doubles(a.bit_generator.random_raw(1000)), b.random(1000))
 
 
+def test_16_bit_draws_are_the_lanes_of_the_raw_draws() -> None:
+    raw = np.array([0x0004_0003_0002_0001, 0xFFFF_0000_8000_7FFF], np.uint64)
+    assert rng.lanes16(raw).tolist() == [1, 2, 3, 4, 0x7FFF, 0x8000, 0, 0xFFFF]
+    assert rng.draw_words(9, 16) == 3 and rng.draw_words(8, 16) == 2 and rng.draw_words(9, 64) == 9
+    v = rng.unit_values(raw, 6, 16)
+    assert v.shape == (6,) and v[0] == 1.5 / 65536 and v[5] == 0.5 + 0.5 / 65536  # bin midpoints, the 6 first lanes
+    assert rng.unit16(np.array([0, 0xFFFF], np.uint16)).tolist() == [0.5 / 65536, 1 - 0.5 / 65536]
+
+
 def test_gaussian_screen_scores_as_the_exact_score_does() -> None:
     p, mu_q = toy_step(300)
-    raw = rng.chunk_generator(0, rng.REC_CANDIDATES, 0, 0).bit_generator.random_raw((64, 300))
-    exact = score_cpu("gaussian", candidates("gaussian", p, torch.from_numpy(rng.unit_doubles(raw))[:, None]), p, mu_q)
+    k = rng.lanes16(rng.chunk_generator(0, rng.REC_CANDIDATES, 0, 0).bit_generator.random_raw((64, 75)))
+    exact = score_cpu("gaussian", candidates("gaussian", p, torch.from_numpy(rng.unit16(k))[:, None]), p, mu_q)
     screen = GaussianScreen(p, mu_q)
     cols, offsets = np.arange(300), np.array([0])
-    offset = exact.numpy() - screen.exact(raw, cols, offsets)[:, 0]  # the chunk's constant: the same for every candidate
+    offset = exact.numpy() - screen.exact(k, cols, offsets)[:, 0]  # the chunk's constant: the same for every candidate
     assert np.ptp(offset) < 1e-8
-    error = np.abs(screen.rough(raw, cols, offsets)[:, 0] + offset[0] - exact.numpy())
-    v = rng.unit_doubles(raw)
-    inner = ((v > 2.0**-15) & (v < 1 - 2.0**-15)).all(axis=1)  # rows with no draw in the table's outermost bins
-    spread = np.ptp(exact.numpy())
-    assert inner.sum() > 50 and error[inner].max() < 1e-3 * spread and error.max() < 1e-2 * spread
+    error = np.abs(screen.rough(k, cols, offsets)[:, 0] + offset[0] - exact.numpy())
+    assert error.max() < 1e-4 * np.ptp(exact.numpy())  # float32 sums of the same table
 
 
 def exact_pick(p: StepPrior, mu_q: torch.Tensor, seed: int, step: int, chunk: int, a: int, b: int,
                log_t: np.ndarray) -> tuple[int, np.ndarray]:
-    """(j*, its draws) of chunk `chunk` (elements a..b) by scoring every candidate exactly, given its arrival
-    times log T."""
-    raw = rng.chunk_generator(seed, rng.REC_CANDIDATES, step, chunk).bit_generator.random_raw((len(log_t), 1, b - a))
-    z = candidates("gaussian", p.take(slice(a, b)), torch.from_numpy(rng.unit_doubles(raw)))
+    """(j*, its uniforms) of chunk `chunk` (elements a..b), drawn at 16 bits, by scoring every candidate exactly,
+    given its arrival times log T."""
+    raw = rng.chunk_generator(seed, rng.REC_CANDIDATES, step, chunk).bit_generator.random_raw(
+        (len(log_t), rng.draw_words(b - a, 16)))
+    v = rng.unit_values(raw, b - a, 16)[:, None]
+    z = candidates("gaussian", p.take(slice(a, b)), torch.from_numpy(v))
     j = int(np.argmin(log_t - score_cpu("gaussian", z, p.take(slice(a, b)), mu_q[a:b]).numpy()))
-    return j, raw[j]
+    return j, v[j]
 
 
 def test_screened_search_picks_what_the_exact_search_picks() -> None:
@@ -107,7 +115,7 @@ def test_screened_search_picks_what_the_exact_search_picks() -> None:
     screen = GaussianScreen(p, mu_q)
     chunks = [(0, 0, 5), (1, 5, 40), (2, 40, 300), (3, 300, 4000)]
     for chunk, a, b in chunks:  # alone: the exact search, arrival times and all
-        exact = _select("gaussian", 9, 1, chunk, p.take(slice(a, b)), mu_q[a:b], 1024, torch.device("cpu"))
+        exact = _select("gaussian", 9, 1, chunk, p.take(slice(a, b)), mu_q[a:b], 1024, torch.device("cpu"), 16)
         j, row = _screened_batch(screen, 9, 1, [(chunk, a, b)], 1024)[0]
         assert j == exact[0] and np.array_equal(row, exact[1])
     # side by side: chunk k's arrival times are column k of the first chunk's stream
@@ -120,7 +128,7 @@ def test_screened_search_picks_what_the_exact_search_picks() -> None:
 @pytest.mark.parametrize("workers", [1, 3])
 def test_screened_step_search_is_the_same_on_any_threads(workers: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches of mixed candidate counts: the picks do not depend on the threads, and each chunk's draws are the
-    ones the decoder regenerates from its index."""
+    uniforms the decoder regenerates from its index."""
     p, mu_q = toy_step(3000, seed=4)
     screen = GaussianScreen(p, mu_q)
     starts = np.array([0, 3, 50, 51, 400, 420, 1500, 3000])
@@ -130,8 +138,8 @@ def test_screened_step_search_is_the_same_on_any_threads(workers: int, monkeypat
     again = _screened(screen, 5, 2, starts, counts)
     assert [j for j, _ in found] == [j for j, _ in again]
     assert all(np.array_equal(r, s) for (_, r), (_, s) in zip(found, again))
-    z = _regenerate("gaussian", 5, 2, p, starts, np.array([j for j, _ in found]))
-    from_rows = candidates("gaussian", p, torch.from_numpy(rng.unit_doubles(np.concatenate([r for _, r in found], 1))))
+    z = _regenerate("gaussian", 5, 2, p, starts, np.array([j for j, _ in found]), 16)
+    from_rows = candidates("gaussian", p, torch.from_numpy(np.concatenate([r for _, r in found], 1)))
     assert torch.equal(z, from_rows)
 
 
@@ -169,10 +177,12 @@ def test_indices_round_trip_and_cost_about_their_budget() -> None:
         encode_indices(np.array([1 << 10]), np.array([8]), margin=2)  # only 2^(8 + 2) candidates
 
 
+@pytest.mark.parametrize("draw_bits", [16, 64])  # 64: the first files' draws still decode
 @pytest.mark.parametrize("family", FAMILIES)
-def test_step_decodes_to_the_encoders_sample_at_about_the_kl(family: str) -> None:
+def test_step_decodes_to_the_encoders_sample_at_about_the_kl(family: str, draw_bits: int) -> None:
     p, mu_q = toy_step(2000)
-    sent = encode_step(family, 5, 0, p, mu_q)
+    sent = encode_step(family, 5, 0, p, mu_q, draw_bits=draw_bits)
+    assert bool(sent.payload[0] & NARROW_DRAWS) == (draw_bits == 16)
     z_s = decode_step(sent.payload, 5, 0, p)
     assert torch.equal(z_s, sent.z_s)  # bit-identical: the decoder rebuilds the chosen candidate
     kl = float(kl_bits(family, p, mu_q).sum())
@@ -197,6 +207,8 @@ def test_a_smaller_fraction_sends_fewer_bits_and_a_sample_nearer_the_prior(famil
     for bad in (0.0, -1.0, 5.0, float("nan")):
         with pytest.raises(BadInputError, match="rec_fraction"):
             encode_step(family, 5, 0, p, mu_q, fraction=bad)
+    with pytest.raises(BadInputError, match="64 or 16 bits"):
+        encode_step(family, 5, 0, p, mu_q, draw_bits=32)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -4,16 +4,17 @@ Both sides split the step's n elements (flat order) into chunks from the decoder
 `expected_bits` times a factor f the encoder sends (f = fraction x the step's KL / its expected bits: at fraction 1
 the budgets match the real KL on average; below 1 each chunk carries more KL than its budget); greedy: a chunk closes before it would exceed `target_bits`, or at MAX_CHUNK_ELEMENTS; and give
 chunk c the budget b_c = ceil(its expected bits) in [1, target_bits] and 2^(b_c + margin) candidates z_j ~ p,
-drawn from the uniforms of rng.chunk_generator(seed, REC_CANDIDATES, step, c). The encoder picks
+drawn from the uniforms of rng.chunk_generator(seed, REC_CANDIDATES, step, c): at 16 bits (four uniforms to a raw
+64-bit draw, the midpoints of 2^16 bins: what the encoder writes) or at 64 (one draw each: the first files). The encoder picks
 j* = argmin_j (log T_j - log w_j), T_j the arrival times of a unit Poisson process and w_j = q(z_j) / p(z_j);
 the indices are entropy-coded (entropy/index.py). The decoder skips to row j* of the same uniforms and rebuilds
-the candidate; the encoder keeps that row's draws from its search, and both sides turn draws into z_s by the one
-function `_candidates_of`, so they hold bit-identical values.
+the candidate; the encoder keeps that row's uniforms from its search, and both sides turn uniforms into z_s by the
+one function `_candidates_of`, so they hold bit-identical values.
 The encoder's work is at most 2^(target_bits + margin) candidates per chunk: a lone element of KL above
 target_bits gets that many, and its sample is then only approximately from q (the file stays decodable and its
 last rung exact).
 
-Payload: u8 posterior family (FAMILY_IDS), u8 target_bits, u8 margin, u16 f * 256 (little-endian), in the power
+Payload: u8 posterior family (FAMILY_IDS, plus NARROW_DRAWS for 16-bit uniforms), u8 target_bits, u8 margin, u16 f * 256 (little-endian), in the power
 layout (chunk coder `rec-power`) a u8 alpha, then the index words (u32 little-endian), coded under the flat pmf (the
 first layout, chunk coder `rec`) or the power pmf of exponent alpha / 64 (entropy/index.py).
 """
@@ -43,6 +44,8 @@ MAX_FRACTION = 4.0
 FAMILY_IDS = {"uniform": 1, "gaussian": 2}
 """Posterior family -> the id in a REC payload's first byte (stable ids)."""
 _FAMILY_NAMES = {i: name for name, i in FAMILY_IDS.items()}
+NARROW_DRAWS = 0x80
+"""Added to the family id when the candidates' uniforms are drawn at 16 bits (else at 64)."""
 _PREFIX = struct.Struct("<BBBH")
 _FACTOR_UNITS = 256  # f is sent in 1/256 steps
 _COST_UNITS = 256  # expected bits are rounded to 1/256 bit before the greedy split: integer sums are exact
@@ -68,6 +71,12 @@ def check_fraction(fraction: float) -> None:
     """BadInputError unless 0 < fraction <= MAX_FRACTION."""
     if isinstance(fraction, bool) or not (isinstance(fraction, (int, float)) and 0.0 < fraction <= MAX_FRACTION):
         raise BadInputError(f"REC needs 0 < rec_fraction <= {MAX_FRACTION:g}, got {fraction!r}")
+
+
+def check_draw_bits(bits: int) -> None:
+    """BadInputError unless `bits` is one of rng.DRAW_BITS."""
+    if bits not in rng.DRAW_BITS:
+        raise BadInputError(f"REC draws its candidates' uniforms at {' or '.join(map(str, rng.DRAW_BITS))} bits, got {bits!r}")
 
 
 def check_budget(target_bits: int, margin: int) -> None:
@@ -100,35 +109,37 @@ def greedy_split(units: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]
     return edges, np.diff(cum[edges])
 
 
+def _rows(draws: np.random.BitGenerator, count: int, d: int, m: int, bits: int) -> np.ndarray:
+    """The uniforms (count, d, m) of the next `count` candidate rows of a chunk's draws, at `bits` bits."""
+    raw = draws.random_raw((count, rng.draw_words(d * m, bits)))
+    return rng.unit_values(raw, d * m, bits).reshape(count, d, m)
+
+
 def _select(family: str, seed: int, step: int, chunk: int, p: StepPrior, mu_q: Tensor, count: int,
-            device: torch.device) -> tuple[int, np.ndarray]:
-    """(j*, its raw draws (d, m)), j* = argmin_j log T_j - log w_j over the chunk's `count` candidates, scored by
-    `score` on `device`, in blocks of rows that bound the memory."""
+            device: torch.device, bits: int) -> tuple[int, np.ndarray]:
+    """(j*, its uniforms (d, m)), j* = argmin_j log T_j - log w_j over the chunk's `count` candidates drawn at
+    `bits` bits, scored by `score` on `device`, in blocks of rows that bound the memory."""
     m, d = p.mu_p.shape[0], DRAWS[family]
     pd = StepPrior(p.mu_p.to(device), p.sigma_p.to(device), p.delta.to(device))
     mq = mu_q.to(device)
-
-    def log_w(raw: np.ndarray) -> np.ndarray:
-        v = torch.from_numpy(rng.unit_doubles(raw)).to(device)
-        return score(family, candidates(family, pd, v), pd, mq).cpu().numpy()
-
     draws = rng.chunk_generator(seed, rng.REC_CANDIDATES, step, chunk).bit_generator
     log_t = np.log(np.cumsum(rng.chunk_generator(seed, rng.REC_TIMES, step, chunk).standard_exponential(count)))
     block = max(1, _BLOCK_VALUES // (d * m))
-    best, best_j, best_raw = np.inf, 0, np.zeros((d, m), np.uint64)
+    best, best_j, best_v = np.inf, 0, np.zeros((d, m))
     for first in range(0, count, block):
-        raw = draws.random_raw((min(block, count - first), d, m))
-        key = log_t[first : first + len(raw)] - log_w(raw)
+        v = _rows(draws, min(block, count - first), d, m, bits)
+        log_w = score(family, candidates(family, pd, torch.from_numpy(v).to(device)), pd, mq).cpu().numpy()
+        key = log_t[first : first + len(v)] - log_w
         j = int(np.argmin(key))
         if first == 0 or key[j] < best:
-            best, best_j, best_raw = float(key[j]), first + j, raw[j]
-    return best_j, best_raw
+            best, best_j, best_v = float(key[j]), first + j, v[j]
+    return best_j, best_v
 
 
 def _screened_batch(screen: GaussianScreen, seed: int, step: int, chunks: list[tuple[int, int, int]],
                     count: int) -> list[tuple[int, np.ndarray]]:
-    """(j*, its raw draws (1, m)) of each Gaussian chunk (c, a, b) (chunk c holds elements a..b), all of `count`
-    candidates, on the CPU, side by side: in each block of rows `screen.rough` ranks every chunk's candidates and
+    """(j*, its uniforms (1, m)) of each Gaussian chunk (c, a, b) (chunk c holds elements a..b), all of `count`
+    candidates drawn at 16 bits, on the CPU, side by side: in each block of rows `screen.rough` ranks every chunk's candidates and
     the SHORTLIST best are scored by `screen.exact`; the same j* as an exact search unless the rough error reorders
     the best few."""
     k = np.arange(len(chunks))
@@ -143,10 +154,11 @@ def _screened_batch(screen: GaussianScreen, seed: int, step: int, chunks: list[t
     times = rng.chunk_generator(seed, rng.REC_TIMES, step, chunks[0][0]).standard_exponential((count, len(chunks)))
     log_t = np.log(np.cumsum(times, axis=0))  # (count, chunks)
     block = max(1, _BLOCK_VALUES // len(cols))
-    best, best_j, best_raw = np.full(len(chunks), np.inf), np.zeros(len(chunks), np.int64), np.zeros(len(cols), np.uint64)
+    best, best_j, best_raw = np.full(len(chunks), np.inf), np.zeros(len(chunks), np.int64), np.zeros(len(cols), np.uint16)
     for first in range(0, count, block):
         n = min(block, count - first)
-        raw = np.concatenate([d.random_raw((n, m)) for d, m in zip(draws, ms)], axis=1)  # (n, columns)
+        raw = np.concatenate([rng.lanes16(d.random_raw((n, rng.draw_words(m, 16))))[:, :m] for d, m in zip(draws, ms)],
+                             axis=1)  # (n, columns): each candidate's 16-bit draws
         lt = log_t[first : first + n]
         keep = (np.argpartition(lt - screen.rough(raw, cols, offsets), SHORTLIST, axis=0)[:SHORTLIST]
                 if n > SHORTLIST else np.broadcast_to(np.arange(n)[:, None], lt.shape))
@@ -157,12 +169,13 @@ def _screened_batch(screen: GaussianScreen, seed: int, step: int, chunks: list[t
         best = np.where(won, key[i, k], best)
         best_j = np.where(won, first + keep[i, k], best_j)
         best_raw = np.where(won[owner], shortlist[i[owner], everywhere], best_raw)
-    return [(int(j), best_raw[o : o + m][None]) for j, o, m in zip(best_j.tolist(), offsets.tolist(), ms)]
+    v = rng.unit16(best_raw)
+    return [(int(j), v[o : o + m][None]) for j, o, m in zip(best_j.tolist(), offsets.tolist(), ms)]
 
 
 def _screened(screen: GaussianScreen, seed: int, step: int, starts: np.ndarray,
               counts: list[int]) -> list[tuple[int, np.ndarray]]:
-    """(j*, raw draws) of every chunk of a Gaussian step on the CPU: chunks of one candidate count go in batches of
+    """(j*, uniforms) of every chunk of a Gaussian step on the CPU, drawn at 16 bits: chunks of one candidate count go in batches of
     up to _BATCH_VALUES draws (`_screened_batch`), the batches on SEARCH_WORKERS threads (numpy's draws and table
     reads release the GIL); the threads change no j*."""
     by_count: dict[int, list[tuple[int, int, int]]] = {}
@@ -179,7 +192,7 @@ def _screened(screen: GaussianScreen, seed: int, step: int, starts: np.ndarray,
             batches[-1][1].append(chunk)
             sizes[-1] += draws
     work = np.asarray(sizes, np.float64)
-    found: list[tuple[int, np.ndarray]] = [(0, np.zeros((1, 0), np.uint64))] * len(counts)
+    found: list[tuple[int, np.ndarray]] = [(0, np.zeros((1, 0)))] * len(counts)
 
     def run(part: range) -> None:
         for n, chunks in (batches[i] for i in part):
@@ -199,70 +212,74 @@ def _balanced(work: np.ndarray, parts: int) -> list[range]:
 
 
 def _candidates_of(family: str, p: StepPrior, rows: list[np.ndarray]) -> Tensor:
-    """z_s (n,) from each chunk's chosen row of raw draws (d, m), through `candidates`."""
-    d = DRAWS[family]
-    v = torch.from_numpy(rng.unit_doubles(np.concatenate(rows, axis=1))) if rows else torch.zeros(d, 0, dtype=torch.float64)
-    return candidates(family, p, v)
+    """z_s (n,) from each chunk's chosen row of uniforms (d, m), through `candidates`."""
+    return candidates(family, p, torch.from_numpy(np.concatenate(rows, axis=1)))
 
 
-def _regenerate(family: str, seed: int, step: int, p: StepPrior, starts: np.ndarray, indices: np.ndarray) -> Tensor:
-    """z_s (n,) from each chunk's chosen index: row j of the chunk's shared draws."""
+def _regenerate(family: str, seed: int, step: int, p: StepPrior, starts: np.ndarray, indices: np.ndarray,
+                bits: int) -> Tensor:
+    """z_s (n,) from each chunk's chosen index: row j of the chunk's shared draws at `bits` bits."""
     d = DRAWS[family]
     rows = []
     for c, j in enumerate(indices.tolist()):
         m = int(starts[c + 1] - starts[c])
         draws = rng.chunk_generator(seed, rng.REC_CANDIDATES, step, c).bit_generator
-        draws.advance(j * d * m)
-        rows.append(draws.random_raw((d, m)))
+        draws.advance(j * rng.draw_words(d * m, bits))
+        rows.append(_rows(draws, 1, d, m, bits)[0])
     return _candidates_of(family, p, rows)
 
 
 def encode_step(family: str, seed: int, step: int, p: StepPrior, mu_q: Tensor, target_bits: int = TARGET_BITS,
                 margin: int = MARGIN, device: torch.device | str = "cpu", power: bool = True,
-                fraction: float = 1.0) -> RecStep:
+                fraction: float = 1.0, draw_bits: int = 16) -> RecStep:
     """Send q(z_s | z_t, x) (mean mu_q (n,), float64) by REC; the scoring runs on `device`. `power`: the payload's
     indices use the power pmf with the cheapest alpha (layout `rec-power`), else the flat pmf (layout `rec`).
     `fraction`: the share of the step's KL that the chunk budgets are planned for (f = fraction KL / expected);
     below 1 each chunk carries more KL than its candidates are sized for, and its pick leans toward the prior:
-    fewer bits and a sample further from q."""
+    fewer bits and a sample further from q. `draw_bits`: the width of the candidates' uniforms (16, or 64 as in the
+    first files); 16 draws four times fewer random bits and screens by table."""
     check_family(family)
     check_budget(target_bits, margin)
     check_fraction(fraction)
+    check_draw_bits(draw_bits)
     kl = kl_bits(family, p, mu_q)
     expected = float(expected_bits(family, p).sum())
     factor = int(np.clip(np.ceil(fraction * float(kl.sum()) / max(expected, 1e-9) * _FACTOR_UNITS), 1, 2**16 - 1))
     starts, bits = plan(family, p, target_bits, factor)
     device = torch.device(device)
-    screen = GaussianScreen(p, mu_q) if family == "gaussian" and device.type == "cpu" else None
+    screen = GaussianScreen(p, mu_q) if family == "gaussian" and device.type == "cpu" and draw_bits == 16 else None
     counts = [1 << int(b + margin) for b in bits]
     if len(mu_q) == 0:  # no elements (an empty checkerboard group): one empty chunk, every candidate the same
-        found = [(0, np.zeros((DRAWS[family], 0), np.uint64))]
+        found = [(0, np.zeros((DRAWS[family], 0)))]
     elif screen is not None:
         found = _screened(screen, seed, step, starts, counts)
     else:
         spans = zip(starts[:-1].tolist(), starts[1:].tolist())
-        found = [_select(family, seed, step, c, p.take(slice(a, b)), mu_q[a:b], n, device)
+        found = [_select(family, seed, step, c, p.take(slice(a, b)), mu_q[a:b], n, device, draw_bits)
                  for c, ((a, b), n) in enumerate(zip(spans, counts))]
     indices = np.array([j for j, _ in found], np.int64)
     alpha = best_alpha(indices, bits, margin) if power else None
     words, info = encode_indices(indices, bits, margin, alpha)
     z_s = _candidates_of(family, p, [row for _, row in found])  # the rows the decoder's _regenerate draws
-    prefix = _PREFIX.pack(FAMILY_IDS[family], target_bits, margin, factor) + (b"" if alpha is None else bytes([alpha]))
+    family_id = FAMILY_IDS[family] + (NARROW_DRAWS if draw_bits == 16 else 0)
+    prefix = _PREFIX.pack(family_id, target_bits, margin, factor) + (b"" if alpha is None else bytes([alpha]))
     return RecStep(prefix + words, info + 8 * len(prefix), z_s, len(indices), expected, float(kl.sum()))
 
 
 def decode_step(payload: bytes, seed: int, step: int, p: StepPrior, power: bool = True) -> Tensor:
-    """The decoder's z_s (n,) float64 from a REC step payload (the family is read from the payload) in the power
+    """The decoder's z_s (n,) float64 from a REC step payload (the family and the draws' width are read from it) in the power
     layout (`power`) or the flat one."""
     size = _PREFIX.size + power
     if len(payload) < size:
         raise BitstreamError(f"REC step payload of {len(payload)} bytes is cut inside its {size}-byte prefix")
     family_id, target_bits, margin, factor = _PREFIX.unpack_from(payload)
     alpha = payload[_PREFIX.size] if power else None
+    draw_bits = 16 if family_id & NARROW_DRAWS else 64
+    family_id &= ~NARROW_DRAWS
     if family_id not in _FAMILY_NAMES or not 1 <= target_bits <= MAX_TARGET_BITS or margin > MAX_MARGIN \
             or factor == 0:
         raise BitstreamError("REC step payload has an invalid (family, target_bits, margin, factor) prefix: it is corrupt")
     family = _FAMILY_NAMES[family_id]
     starts, bits = plan(family, p, target_bits, factor)
     indices = decode_indices(payload[size:], bits, margin, alpha)
-    return _regenerate(family, seed, step, p, starts, indices)
+    return _regenerate(family, seed, step, p, starts, indices, draw_bits)

@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from diffcodec.rec.family import StepPrior, standard_normal
-from diffcodec.rng import unit_doubles
+from diffcodec.rng import unit16
 from diffcodec.uqdm import logistic_scale
 
 MISS = 1.0e4
-SCREEN_BITS = 16  # the Gaussian screen reads a candidate's normal from a table by the top 16 bits of its draw
-_TOP_LANE = 3 if sys.byteorder == "little" else 0  # where a uint64's top 16 bits sit among its four uint16s
 
 
 def _log_sigmoid(x: float) -> float:
@@ -90,21 +87,20 @@ def score(family: str, z: Tensor, p: StepPrior, mu_q: Tensor) -> Tensor:
 
 
 @functools.lru_cache(maxsize=1)
-def _ndtri_table() -> np.ndarray:
-    """ndtri at the midpoints of the 2^SCREEN_BITS equal bins of [0, 1), float32."""
-    midpoints = (torch.arange(1 << SCREEN_BITS, dtype=torch.float64) + 0.5) / (1 << SCREEN_BITS)
-    return torch.special.ndtri(midpoints).float().numpy()
+def normal_table() -> np.ndarray:
+    """n = standard_normal(v) at every 16-bit uniform v = (k + 1/2) 2^-16 (`rng.unit16`), float64 (2^16,): the
+    normals behind 16-bit candidates, as `family.candidates` computes them."""
+    return standard_normal(torch.from_numpy(unit16(np.arange(1 << 16, dtype=np.uint16)))).numpy()
 
 
 class GaussianScreen:
-    """log w of Gaussian-family candidates from their raw 64-bit draws, on the CPU, for one step.
+    """log w of Gaussian-family candidates drawn at 16 bits, from their draws k (uint16), on the CPU, for one step.
 
-    A candidate is z = mu_p + s n with n = ndtri(v), v the draw's double (`family.candidates`). With
-    d = mu_q - mu_p, log w = sum_i (p2 - p1) s^2 n^2 + 2 p1 s d n + (c - p1 d^2) (`coefficients`); the last sum is
-    the same for every candidate of a chunk, so both forms below leave it out (the argmin is unchanged).
-    `rough` reads n from a table by the draw's top bits (off by under 1e-4 except in the outermost bins,
-    v < 2^-15 or v > 1 - 2^-15), float32, about five times cheaper than `exact`; the encoder screens every
-    candidate with it and scores only the best few exactly.
+    A candidate is z = mu_p + s n with n = ndtri(v), v = (k + 1/2) 2^-16 (`family.candidates`, `rng.unit16`): n is
+    read from `normal_table` by k. With d = mu_q - mu_p, log w = sum_i (p2 - p1) s^2 n^2 + 2 p1 s d n + (c - p1 d^2)
+    (`coefficients`); the last sum is the same for every candidate of a chunk, so both forms below leave it out
+    (the argmin is unchanged). `rough` sums in float32, about twice as cheap as `exact` (float64); the encoder
+    screens every candidate with it and scores only the best few exactly.
     """
 
     def __init__(self, p: StepPrior, mu_q: Tensor) -> None:
@@ -113,14 +109,15 @@ class GaussianScreen:
         self.quad = ((p2 - p1) * s.square()).numpy()
         self.lin = (2.0 * p1 * s * (mu_q - p.mu_p)).numpy()
         self.quad32, self.lin32 = self.quad.astype(np.float32), self.lin.astype(np.float32)
+        self.table, self.table32 = normal_table(), normal_table().astype(np.float32)
 
-    def rough(self, raw: np.ndarray, cols: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        """Approximate log w (minus each chunk's constant), (N, chunks), of candidate rows raw (N, columns): column
-        e holds element cols[e], chunk k the columns from offsets[k] to the next offset."""
-        n = np.take(_ndtri_table(), raw.view(np.uint16)[..., _TOP_LANE::4])  # the top 16 bits of each draw
+    def rough(self, k: np.ndarray, cols: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Approximate log w (minus each chunk's constant), (N, chunks), of candidate rows k (N, columns) uint16:
+        column e holds element cols[e], chunk j the columns from offsets[j] to the next offset."""
+        n = np.take(self.table32, k)
         return np.add.reduceat(n * (n * self.quad32[cols] + self.lin32[cols]), offsets, axis=1)
 
-    def exact(self, raw: np.ndarray, cols: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        """log w (minus each chunk's constant), (N, chunks), float64, of candidate rows raw as in `rough`."""
-        n = standard_normal(torch.from_numpy(unit_doubles(raw))).numpy()
+    def exact(self, k: np.ndarray, cols: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """log w (minus each chunk's constant), (N, chunks), float64, of candidate rows k as in `rough`."""
+        n = np.take(self.table, k)
         return np.add.reduceat(n * (n * self.quad[cols] + self.lin[cols]), offsets, axis=1)
