@@ -40,6 +40,7 @@ __all__ = [
     "MAGIC",
     "MODES",
     "PALETTE_SIZE",
+    "READ_VERSIONS",
     "Chunk",
     "ChunkSpan",
     "Header",
@@ -52,8 +53,11 @@ __all__ = [
 MAGIC = b"\x89DCZ"
 """First 4 bytes of every diffcodec file (non-ASCII first byte, like PNG's)."""
 
-FORMAT_VERSION = 2
-"""The only container version this module writes and reads (version 1 files are refused)."""
+FORMAT_VERSION = 3
+"""The container version this module writes. Version 3's chunks are those of version 2; only the networks' tiling
+differs (tiling.py: from version 3 an image of 256 pixels or more on its longer side runs as two halves)."""
+READ_VERSIONS = (2, 3)
+"""The versions this module reads (version 1 files are refused)."""
 
 CODER_UQ = 1
 CODER_REC = 2
@@ -114,7 +118,8 @@ class Header:
     writable. `weights_hash` is the first 8 bytes of sha256(weights file); `palette` is 768 bytes
     for mode "P" and None otherwise; `steps` is T, the number of diffusion steps, so a file holds
     at most T + 1 chunks (T step chunks, then the lossless chunk); `check` is the rung_check of
-    the encoder's rung-0 reconstruction.
+    the encoder's rung-0 reconstruction; `version` is the container version (READ_VERSIONS), which
+    fixes how the decoder tiles the networks.
     """
 
     model_name: str
@@ -126,6 +131,7 @@ class Header:
     seed: int
     steps: int
     check: int
+    version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_name, str) or not self.model_name:
@@ -166,6 +172,8 @@ class Header:
         if not _is_int(self.steps) or not 1 <= self.steps <= _U16:
             raise BadInputError(f"steps must be an int in [1, {_U16}], got {self.steps!r}")
         _check_u32("check", self.check)
+        if self.version not in READ_VERSIONS:
+            raise BadInputError(f"version must be one of {', '.join(map(str, READ_VERSIONS))}, got {self.version!r}")
 
     @property
     def weights_hash_hex(self) -> str:
@@ -248,7 +256,7 @@ def _encode_header(header: Header) -> bytes:
     size = _MIN_HEADER_SIZE + len(name) + len(palette)
     body = b"".join(
         (
-            _PREFIX.pack(MAGIC, FORMAT_VERSION, size),
+            _PREFIX.pack(MAGIC, header.version, size),
             _FIELDS.pack(
                 header.height,
                 header.width,
@@ -307,15 +315,16 @@ def _read_header(data: memoryview) -> tuple[Header, int]:
             f"not a diffcodec file: it starts with {bytes(data[:4]).hex(' ')}, "
             f"expected {MAGIC.hex(' ')}"
         )
-    if n > len(MAGIC) and data[len(MAGIC)] != FORMAT_VERSION:
+    if n > len(MAGIC) and data[len(MAGIC)] not in READ_VERSIONS:
         version = data[len(MAGIC)]
         raise BitstreamError(
-            f"unsupported format version {version}: this diffcodec reads version "
-            f"{FORMAT_VERSION} only{_OTHER_VERSIONS.get(version, '') if version < FORMAT_VERSION else _NEWER}"
+            f"unsupported format version {version}: this diffcodec reads versions "
+            f"{' and '.join(map(str, READ_VERSIONS))} only"
+            f"{_OTHER_VERSIONS.get(version, '') if version < FORMAT_VERSION else _NEWER}"
         )
     if n < _PREFIX.size:
         raise BitstreamError(f"truncated header: the file has only {n} bytes")
-    _, _, size = _PREFIX.unpack_from(data)
+    _, version, size = _PREFIX.unpack_from(data)
     if not _MIN_HEADER_SIZE <= size <= _MIN_HEADER_SIZE + MAX_NAME_BYTES + PALETTE_SIZE:
         raise BitstreamError(f"corrupt header: its declared size {size} bytes is impossible")
     if n < size:
@@ -344,7 +353,7 @@ def _read_header(data: memoryview) -> tuple[Header, int]:
         raise BitstreamError(f"corrupt header: model name is not UTF-8 ({e})") from None
     palette = bytes(data[name_at + name_len : name_at + name_len + palette_len]) or None
     try:
-        header = Header(model_name, weights_hash, height, width, mode, palette, seed, steps, check)
+        header = Header(model_name, weights_hash, height, width, mode, palette, seed, steps, check, version)
     except BadInputError as e:
         raise BitstreamError(f"corrupt header: {e}") from None
     return header, size

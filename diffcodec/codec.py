@@ -24,9 +24,9 @@ from PIL import Image
 
 from . import rng
 from .determinism import one_thread
-from .tiling import predict_tiled
-from .bitstream import (CODER_CONTEXT, CODER_CONTEXT_SCALED, CODER_UQ, CODERS, Chunk, Header, Stream, read_stream,
-                        rung_check, write_stream)
+from .tiling import SPLIT_SINCE, predict_tiled
+from .bitstream import (CODER_CONTEXT, CODER_CONTEXT_SCALED, CODER_UQ, CODERS, FORMAT_VERSION, Chunk, Header, Stream,
+                        read_stream, rung_check, write_stream)
 from .refine import refine
 from .context import CONTEXT_FILE, GROUPS, HASH_SIZE, ChainEnd, PixelContext, decode_pixels, encode_pixels
 from .entropy import decode_symbols
@@ -132,7 +132,7 @@ class _Ladder:
     """The shared walk of encoder and decoder down t_0 = 1 > ... > t_T (the first T times of the model's grid)."""
 
     def __init__(self, loaded: LoadedModel, steps: int, seed: int, height: int, width: int, timer: Timer,
-                 progress: Progress | None, extra_calls: int = 0) -> None:
+                 progress: Progress | None, version: int, extra_calls: int = 0) -> None:
         self.model: UQDM = loaded.model
         self.refiners = loaded.refiners
         # the step context networks read the post-filter's x_hat' (step_context.refined_inputs)
@@ -140,6 +140,7 @@ class _Ladder:
         self._refined: tuple[int, torch.Tensor] | None = None  # (step, x_hat') once computed
         self.device = next(self.model.parameters()).device
         self.seed, self.timer, self.progress = seed, timer, progress
+        self.split = version >= SPLIT_SINCE  # the networks' tiling (tiling.regions)
         self.calls, self.total_calls = 0, steps + 1 + extra_calls  # network calls, for the progress callback
         self.shape = (1, 3, height, width)
         self.T = steps  # the first T steps of the model's grid, then p(x | z_T)
@@ -151,7 +152,7 @@ class _Ladder:
     def _net(self, z: torch.Tensor, gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(eps_hat, s_hat), bit-identical in encoder and decoder processes (see determinism.py)."""
         with torch.no_grad(), one_thread():
-            return predict_tiled(self.model.predict, z, gamma)  # in tiles above 2 megapixels
+            return predict_tiled(self.model.predict, z, gamma, self.split)  # in halves or tiles
 
     def _predict(self) -> None:
         t = time.perf_counter()
@@ -176,7 +177,8 @@ class _Ladder:
         mu_p, sigma_p = prior(self.z, self.eps_hat, self.s_hat, g_t, g_s)
         return StepContext(self.seed, self.i, self.z, g_t, g_s, mu_p, sigma_p, posterior_width(g_t, g_s),
                            self.timer.clock, self.denoised().clamp(-1, 1),
-                           self.refined() if self.refined_steps and isinstance(coder, GroupedCoder) else None)
+                           self.refined() if self.refined_steps and isinstance(coder, GroupedCoder) else None,
+                           self.split)
 
     def refined(self) -> torch.Tensor | None:
         """x_hat' of the model's post-filter at the current step (computed once per step); None where it has no
@@ -187,7 +189,7 @@ class _Ladder:
         if self._refined is None or self._refined[0] != self.i:
             t = time.perf_counter()
             with torch.no_grad(), one_thread():
-                self._refined = (self.i, refine(net, self.denoised().clamp(-1, 1), self.z, self.s_hat))
+                self._refined = (self.i, refine(net, self.denoised().clamp(-1, 1), self.z, self.s_hat, self.split))
             self.timer.network += time.perf_counter() - t
         return self._refined[1]
 
@@ -212,7 +214,7 @@ class _Ladder:
         """context.encode_pixels at z_T, timed (the context network's time counts as network time)."""
         t = time.perf_counter()
         with torch.no_grad(), one_thread():
-            coded, nelbo = encode_pixels(context, self.chain_end(), pixels, self.tick)
+            coded, nelbo = encode_pixels(context, self.chain_end(), pixels, self.tick, self.split)
         self.timer.network += time.perf_counter() - t - sum(coded.clock.values())
         return coded, nelbo
 
@@ -221,7 +223,7 @@ class _Ladder:
         t, before = time.perf_counter(), sum(self.timer.clock.values())
         with torch.no_grad(), one_thread():
             pixels = decode_pixels(context, self.chain_end(), payload, self.timer.clock, self.tick,
-                                   with_scales=with_scales)
+                                   with_scales=with_scales, split=self.split)
         self.timer.network += time.perf_counter() - t - (sum(self.timer.clock.values()) - before)
         return pixels
 
@@ -296,13 +298,13 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
     coders = grouped_coders(loaded.coding.for_steps(T).override(coder, rec_steps, posterior, rec_bits).coders(T),
                             loaded.step_nets if context else None)
     # validates every field before any work; the rung-0 check is known once the ladder has started
-    header = Header(loaded.name, loaded.weights_hash, h, w, src.mode, src.palette, seed, T, 0)
+    header = Header(loaded.name, loaded.weights_hash, h, w, src.mode, src.palette, seed, T, 0, FORMAT_VERSION)
     pixel_context = loaded.context if context and loaded.context is not None and loaded.context.steps == T else None
     timer = Timer()
     # one torch thread for the whole encode, set before the worker starts: its own uses of one_thread are then
     # no-ops, and no thread restores the count while another computes (determinism.py)
     with one_thread(), (ThreadPoolExecutor(1) if overlap else nullcontext()) as pool:
-        ladder = _Ladder(loaded, T, seed, h, w, timer, progress, len(GROUPS) if pixel_context else 0)
+        ladder = _Ladder(loaded, T, seed, h, w, timer, progress, header.version, len(GROUPS) if pixel_context else 0)
         pixels = _pixels_tensor(src, ladder.device)
         x = to_unit(pixels)
         header = replace(header, check=rung_check(ladder.unrefined().tobytes()))
@@ -462,7 +464,7 @@ def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, mod
     pixel_context = None
     if last > T and stream.chunks[T].coder in CONTEXT_CODERS:  # refused before any work if it cannot be decoded
         pixel_context = _check_context(loaded, stream.chunks[T].payload, T)
-    ladder = _Ladder(loaded, T, stream.header.seed, h, w, timer or Timer(), progress,
+    ladder = _Ladder(loaded, T, stream.header.seed, h, w, timer or Timer(), progress, stream.header.version,
                      len(GROUPS) if pixel_context else 0)
     checks = [stream.header.check] + [chunk.check for chunk in stream.chunks]
 

@@ -117,10 +117,11 @@ def context_features(x_hat: Tensor, z: Tensor, log_scale: Tensor, values: Tensor
     return torch.cat([x_hat, z, log_scale, torch.where(known, values, 0.0), known.float(), target.float()], 1)
 
 
-def group_logistics(net: ContextNet, end: ChainEnd, decoded: Tensor, g: int) -> tuple[Tensor, Tensor, Tensor]:
+def group_logistics(net: ContextNet, end: ChainEnd, decoded: Tensor, g: int,
+                    split: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """(m', b', kappa), (B, 3, H, W) each, for group g given `decoded` (B, 3, H, W) pixels, of which only those
-    of groups < g are read."""
-    out = run_tiled(net, context_features(end.x_hat, end.z, end.s_hat.log(), to_unit(decoded), g))
+    of groups < g are read; the network runs in halves or tiles (`split`: tiling.regions)."""
+    out = run_tiled(net, context_features(end.x_hat, end.z, end.s_hat.log(), to_unit(decoded), g), split)
     m = end.m + MEAN_STEP * out[:, 0:3]  # m' = m + MEAN_STEP dm
     b = end.b * torch.exp(out[:, 3:6])  # b' = b exp(dlog_b)
     return m, b, torch.tanh(out[:, 6:9])
@@ -169,14 +170,15 @@ def _gather(t: Tensor, mask: Tensor) -> Tensor:
 
 
 def encode_pixels(context: PixelContext, end: ChainEnd, pixels: Tensor,
-                  after_group: Callable[[], None] | None = None) -> tuple[Coded, float]:
+                  after_group: Callable[[], None] | None = None, split: bool = True) -> tuple[Coded, float]:
     """The lossless chunk for pixels (1, 3, H, W) uint8: its payload and its information content, and the
-    bits of the float model (for the NELBO); `after_group` is called after each group's network pass."""
+    bits of the float model (for the NELBO); `after_group` is called after each group's network pass; `split`:
+    the networks' tiling (tiling.regions, False for format 2 files)."""
     h, w = pixels.shape[-2:]
     scales, blocks, bits, nelbo, clock = [], [], 0.0, 0.0, {"tables": 0.0, "coder": 0.0}
     for g in range(len(GROUPS)):
         mask = group_mask(g, h, w, pixels.device)
-        m, b, kappa = (_gather(t, mask) for t in group_logistics(context.net, end, pixels, g))
+        m, b, kappa = (_gather(t, mask) for t in group_logistics(context.net, end, pixels, g, split))
         if after_group:
             after_group()
         x = _gather(pixels, mask)
@@ -195,9 +197,10 @@ def encode_pixels(context: PixelContext, end: ChainEnd, pixels: Tensor,
 
 
 def decode_pixels(context: PixelContext, end: ChainEnd, payload: bytes, clock: dict[str, float],
-                  after_group: Callable[[], None] | None = None, *, with_scales: bool = True) -> np.ndarray:
-    """The pixels (H, W, 3) uint8 from a lossless chunk of `encode_pixels` (`after_group` as there); without
-    `with_scales`, from the first layout, which has no scale bytes (s = 1)."""
+                  after_group: Callable[[], None] | None = None, *, with_scales: bool = True,
+                  split: bool = True) -> np.ndarray:
+    """The pixels (H, W, 3) uint8 from a lossless chunk of `encode_pixels` (`after_group` and `split` as there);
+    without `with_scales`, from the first layout, which has no scale bytes (s = 1)."""
     if payload[:HASH_SIZE] != context.weights_hash:
         raise BitstreamError(f"the lossless chunk was coded with pixel context {payload[:HASH_SIZE].hex()}, "
                              f"not this model's {context.weights_hash.hex()}")
@@ -209,7 +212,7 @@ def decode_pixels(context: PixelContext, end: ChainEnd, payload: bytes, clock: d
     pixels = torch.zeros(1, 3, h, w, dtype=torch.uint8, device=end.z.device)
     for g in range(len(GROUPS)):
         mask = group_mask(g, h, w, pixels.device)
-        m, b, kappa = (_gather(t, mask) for t in group_logistics(context.net, end, pixels, g))
+        m, b, kappa = (_gather(t, mask) for t in group_logistics(context.net, end, pixels, g, split))
         b = scaled(b, torch.tensor(list(scales[3 * g : 3 * g + 3]), device=b.device))
         if after_group:
             after_group()

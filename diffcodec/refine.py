@@ -42,9 +42,9 @@ def new_refiner(width: int, blocks: int) -> ContextNet:
     return ContextNet(ContextConfig(width, blocks), INPUTS, OUTPUTS)
 
 
-def refine(net: ContextNet, x_hat: Tensor, z: Tensor, s_hat: Tensor) -> Tensor:
-    """x_hat' = clamp(x_hat + r(x_hat, z, log s_hat), -1, 1), (B, 3, H, W), in tiles on a large image."""
-    return (x_hat + run_tiled(net, torch.cat([x_hat, z, s_hat.log()], 1))).clamp(-1, 1)
+def refine(net: ContextNet, x_hat: Tensor, z: Tensor, s_hat: Tensor, split: bool = True) -> Tensor:
+    """x_hat' = clamp(x_hat + r(x_hat, z, log s_hat), -1, 1), (B, 3, H, W), in halves or tiles (tiling.regions)."""
+    return (x_hat + run_tiled(net, torch.cat([x_hat, z, s_hat.log()], 1), split)).clamp(-1, 1)
 
 
 def save_refiners(path: Path, nets: dict[int, ContextNet], model_hash: bytes) -> None:

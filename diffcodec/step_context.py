@@ -99,7 +99,7 @@ def group_prior(net: ContextNet, ctx: StepContext, z_s: Tensor, g: int) -> tuple
     groups < g are read."""
     residual = (z_s - ctx.mu_p) / ctx.delta
     log_ratio = (ctx.sigma_p / ctx.delta).log()
-    out = run_tiled(net, context_features(ctx.x_hat, ctx.z_t, log_ratio, residual, g))
+    out = run_tiled(net, context_features(ctx.x_hat, ctx.z_t, log_ratio, residual, g), ctx.split)
     mu = ctx.mu_p + MEAN_STEP * ctx.delta * out[:, 0:3]  # mu' = mu_p + MEAN_STEP delta dmu
     sigma = ctx.sigma_p * torch.exp(out[:, 3:6])  # sigma' = sigma_p exp(dlog_sigma)
     return mu, sigma, torch.tanh(out[:, 6:9])

@@ -42,6 +42,7 @@ class StepContext:
     x_hat: Tensor | None = None  # (1, 3, H, W): the U-Net's denoise(z_t) in [-1, 1], for a step context network
     x_refined: Tensor | None = None  # (1, 3, H, W): x_hat refined by the post-filter, for a step context network
     # trained on it (step_context.refined_inputs); None where the model's step context reads the U-Net's x_hat
+    split: bool = True  # the networks' tiling (tiling.regions): False for format 2 files
 
     def flat_prior(self) -> StepPrior:
         """The prior as flat float64 CPU tensors, as REC takes it."""

@@ -29,7 +29,8 @@ from diffcodec.bitstream import (
 from diffcodec.errors import BadInputError, BitstreamError
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT / "tests" / "data" / "golden_v2.bin"
+GOLDEN = ROOT / "tests" / "data" / "golden_v3.bin"
+GOLDEN_V2 = ROOT / "tests" / "data" / "golden_v2.bin"
 GOLDEN_V1 = ROOT / "tests" / "data" / "golden_v1.bin"
 
 GREY_PALETTE = bytes(v for v in range(256) for _ in range(3))
@@ -155,17 +156,23 @@ def test_wrong_magic(data: bytes) -> None:
         read_stream(data)
 
 
-def test_unsupported_version_names_supported_one() -> None:
+def test_unsupported_version_names_supported_ones() -> None:
     data = bytearray(write_stream(rgb_header(), []))
-    data[4] = 3
-    message = r"unsupported format version 3: .*reads version 2 only.*newer"
+    data[4] = 4
+    message = r"unsupported format version 4: .*reads versions 2 and 3 only.*newer"
     with pytest.raises(BitstreamError, match=message):
         read_stream(bytes(data))
-    assert FORMAT_VERSION == 2 and data[:4] == MAGIC
+    assert FORMAT_VERSION == 3 and data[:4] == MAGIC
+
+
+@pytest.mark.parametrize("version", [0, 1, 4, "3"])
+def test_a_header_of_a_version_this_reader_cannot_read_is_refused(version: object) -> None:
+    with pytest.raises(BadInputError, match="version must be one of 2, 3"):
+        replace(rgb_header(), version=version)
 
 
 def test_version_1_file_is_refused_naming_the_release_that_reads_it() -> None:
-    message = r"unsupported format version 1: .*reads version 2 only.*diffcodec 0\.1\.0"
+    message = r"unsupported format version 1: .*reads versions 2 and 3 only.*diffcodec 0\.1\.0"
     with pytest.raises(BitstreamError, match=message):
         read_stream(GOLDEN_V1.read_bytes())
 
@@ -299,7 +306,7 @@ def test_header_layout_matches_the_table() -> None:
     fields = struct.unpack_from("<4sBHIIBHQ8sIB", data)
     magic, version, size, height, width, mode, steps, seed, whash, check, name_len = fields
     assert (magic, version, height, width, mode, steps, seed, whash, check) == (
-        b"\x89DCZ", 2, 3, 5, 3, 2, 0xFEDCBA9876543210, bytes.fromhex("0123456789abcdef"),
+        b"\x89DCZ", 3, 3, 5, 3, 2, 0xFEDCBA9876543210, bytes.fromhex("0123456789abcdef"),
         0x89ABCDEF,
     )
     assert data[39 : 39 + name_len] == b"golden-test-model"
@@ -327,9 +334,18 @@ def test_golden_file() -> None:
     regen = "DIFFCODEC_REGEN_GOLDEN=1 pytest tests/test_bitstream.py"
     assert GOLDEN.exists(), f"{GOLDEN} is missing: {regen}"
     golden = GOLDEN.read_bytes()
-    s = read_stream(golden)  # this reader still reads what version 2 wrote
+    s = read_stream(golden)
     assert (s.header, s.chunks, s.trailing_bytes) == (GOLDEN_HEADER, GOLDEN_CHUNKS, 0)
-    assert data == golden, "the writer no longer produces golden_v2.bin byte for byte"
+    assert data == golden, "the writer no longer produces golden_v3.bin byte for byte"
+
+
+def test_version_2_golden_file_is_still_read_and_written() -> None:
+    """Version 3 changed no byte's layout, only how the codec tiles its networks: the reader gives a version 2
+    header back as version 2, and such a header writes golden_v2.bin again."""
+    golden = GOLDEN_V2.read_bytes()
+    s = read_stream(golden)
+    assert (s.header, s.chunks, s.trailing_bytes) == (replace(GOLDEN_HEADER, version=2), GOLDEN_CHUNKS, 0)
+    assert write_stream(s.header, GOLDEN_CHUNKS) == golden
 
 
 def test_docs_examples_run() -> None:
