@@ -153,13 +153,22 @@ def _check_writable(path: Path, force: bool) -> None:
         raise BadInputError(f"{path.parent}: no such directory")
 
 
+def _umask() -> int:
+    """The process's file creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half-written output."""
+    """Write through a temporary file in the same folder, then rename: never a half-written output. The file gets
+    the permissions a plain open() would give it (0666 less the umask), not mkstemp's 0600."""
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as e:
         raise BadInputError(f"cannot write {path}: {e.strerror or e}") from None

@@ -103,6 +103,19 @@ def test_original_mode_comes_back_in_the_png(mode: str, tmp_path: Path, tiny_mod
             assert np.array_equal(np.asarray(out), np.asarray(original))
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_get_the_permissions_of_the_umask(umask: int, tmp_path: Path, tiny_model: Path) -> None:
+    """Written through a temporary file, but with the mode a plain open() gives (mkstemp's is 0600)."""
+    before = os.umask(umask)
+    try:
+        ok(cli("encode", KODIM20, "-o", tmp_path / "x.dcz", "--model", tiny_model, "--seed", 4))
+        ok(cli("decode", tmp_path / "x.dcz", "-o", tmp_path / "x.png", "--model", tiny_model))
+    finally:
+        os.umask(before)
+    for name in ("x.dcz", "x.png"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_default_output_names_next_to_the_input(tmp_path: Path, tiny_model: Path) -> None:
     image = tmp_path / "photo.png"
     shutil.copy(KODIM20, image)
