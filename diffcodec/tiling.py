@@ -66,11 +66,13 @@ def run_tiled(fn: Callable[[Tensor], Tensor], x: Tensor, split: bool = True) -> 
             y = fn(x[..., y0:y1, x0:x1])
         return y[..., rows.start - y0 : rows.stop - y0, cols.start - x0 : cols.stop - x0]
 
+    out: Tensor | None = None
     with ThreadPoolExecutor(WORKERS) as pool:
-        outs = list(pool.map(core, cores))
-    out = outs[0].new_empty(*outs[0].shape[:-2], h, w)
-    for (rows, cols), y in zip(cores, outs):
-        out[..., rows, cols] = y
+        for (rows, cols), y in zip(cores, pool.map(core, cores)):  # each tile stored as it comes: memory stays bounded
+            if out is None:
+                out = y.new_empty(*y.shape[:-2], h, w)
+            out[..., rows, cols] = y
+    assert out is not None
     return out
 
 

@@ -109,7 +109,8 @@ class GaussianScreen:
         self.quad = ((p2 - p1) * s.square()).numpy()
         self.lin = (2.0 * p1 * s * (mu_q - p.mu_p)).numpy()
         self.quad32, self.lin32 = self.quad.astype(np.float32), self.lin.astype(np.float32)
-        self.table, self.table32 = normal_table(), normal_table().astype(np.float32)
+        self.table = normal_table()
+        self.table32 = self.table.astype(np.float32)
 
     def rough(self, k: np.ndarray, cols: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Approximate log w (minus each chunk's constant), (N, chunks), of candidate rows k (N, columns) uint16:
