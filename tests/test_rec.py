@@ -22,7 +22,7 @@ from diffcodec.entropy.index import ALPHA_CHOICES, best_alpha, decode_indices, e
 from diffcodec.errors import BadInputError, BitstreamError, ModelError
 from diffcodec import rng
 from diffcodec.rec import StepPrior, decode_step, encode_step
-from diffcodec.rec import coder
+from diffcodec.rec import coder, native
 from diffcodec.rec.coder import MAX_CHUNK_ELEMENTS, NARROW_DRAWS, _regenerate, _screened, _screened_batch, _select, greedy_split
 from diffcodec.rec.family import candidates, kl_bits
 from diffcodec.rec.score import GaussianScreen, score_cpu, score_reference
@@ -110,23 +110,45 @@ def exact_pick(p: StepPrior, mu_q: torch.Tensor, seed: int, step: int, chunk: in
     return j, v[j]
 
 
-def test_screened_search_picks_what_the_exact_search_picks() -> None:
-    p, mu_q = toy_step(4000, seed=2)
+@pytest.fixture(params=["kernel", "numpy"])
+def search(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each of the encoder's Gaussian searches: the fused kernel (skipped without a C compiler) and numpy."""
+    if request.param == "numpy":
+        monkeypatch.setattr(native, "_kernel", lambda: None)
+    elif not native.available():
+        pytest.skip("no C compiler here: the fused REC kernel is not built")
+    return request.param
+
+
+@pytest.mark.parametrize("count", [2, 1024])  # 2: fewer rows than the kernel's lanes
+def test_screened_search_picks_what_the_exact_search_picks(search: str, count: int) -> None:
+    p, mu_q = toy_step(MAX_CHUNK_ELEMENTS + 340, seed=2)
     screen = GaussianScreen(p, mu_q)
-    chunks = [(0, 0, 5), (1, 5, 40), (2, 40, 300), (3, 300, 4000)]
+    chunks = [(0, 0, 1), (1, 1, 5), (2, 5, 40), (3, 40, 340), (4, 340, 340 + MAX_CHUNK_ELEMENTS)]
     for chunk, a, b in chunks:  # alone: the exact search, arrival times and all
-        exact = _select("gaussian", 9, 1, chunk, p.take(slice(a, b)), mu_q[a:b], 1024, torch.device("cpu"), 16)
-        j, row = _screened_batch(screen, 9, 1, [(chunk, a, b)], 1024)[0]
+        exact = _select("gaussian", 9, 1, chunk, p.take(slice(a, b)), mu_q[a:b], count, torch.device("cpu"), 16)
+        j, row = _screened_batch(screen, 9, 1, [(chunk, a, b)], count)[0]
         assert j == exact[0] and np.array_equal(row, exact[1])
     # side by side: chunk k's arrival times are column k of the first chunk's stream
-    times = rng.chunk_generator(9, rng.REC_TIMES, 1, 0).standard_exponential((1024, len(chunks)))
-    for k, ((chunk, a, b), (j, row)) in enumerate(zip(chunks, _screened_batch(screen, 9, 1, chunks, 1024))):
+    times = rng.chunk_generator(9, rng.REC_TIMES, 1, 0).standard_exponential((count, len(chunks)))
+    for k, ((chunk, a, b), (j, row)) in enumerate(zip(chunks, _screened_batch(screen, 9, 1, chunks, count))):
         exact_j, exact_row = exact_pick(p, mu_q, 9, 1, chunk, a, b, np.log(np.cumsum(times[:, k])))
         assert j == exact_j and np.array_equal(row, exact_row)
 
 
+def test_kernel_and_numpy_encode_the_same_file(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel only makes the encoder faster: a file of Gaussian REC steps has the same bytes with either search."""
+    if not native.available():
+        pytest.skip("no C compiler here: the fused REC kernel is not built")
+    kw = dict(model=tiny_model, seed=3, coder="hybrid", rec_steps=2, posterior="gaussian", rec_bits=6)
+    with_kernel = codec.encode_report(CROP, **kw).data
+    monkeypatch.setattr(native, "_kernel", lambda: None)
+    assert codec.encode_report(CROP, **kw).data == with_kernel
+
+
 @pytest.mark.parametrize("workers", [1, 3])
-def test_screened_step_search_is_the_same_on_any_threads(workers: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_screened_step_search_is_the_same_on_any_threads(workers: int, search: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches of mixed candidate counts: the picks do not depend on the threads, and each chunk's draws are the
     uniforms the decoder regenerates from its index."""
     p, mu_q = toy_step(3000, seed=4)

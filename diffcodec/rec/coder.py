@@ -32,6 +32,7 @@ from torch import Tensor
 from diffcodec import rng
 from diffcodec.entropy.index import best_alpha, decode_indices, encode_indices
 from diffcodec.errors import BadInputError, BitstreamError
+from diffcodec.rec import native
 from diffcodec.rec.family import DRAWS, StepPrior, candidates, check_family, expected_bits, kl_bits
 from diffcodec.rec.score import GaussianScreen, score
 
@@ -139,38 +140,50 @@ def _select(family: str, seed: int, step: int, chunk: int, p: StepPrior, mu_q: T
 def _screened_batch(screen: GaussianScreen, seed: int, step: int, chunks: list[tuple[int, int, int]],
                     count: int) -> list[tuple[int, np.ndarray]]:
     """(j*, its uniforms (1, m)) of each Gaussian chunk (c, a, b) (chunk c holds elements a..b), all of `count`
-    candidates drawn at 16 bits, on the CPU, side by side: in each block of rows `screen.rough` ranks every chunk's candidates and
-    the SHORTLIST best are scored by `screen.exact`; the same j* as an exact search unless the rough error reorders
-    the best few."""
-    k = np.arange(len(chunks))
+    candidates drawn at 16 bits, on the CPU, side by side: by the fused kernel (`native.search`, an exact search)
+    when it is available, else by numpy (`_numpy_search`)."""
     ms = [b - a for _, a, b in chunks]
-    offsets = np.cumsum([0, *ms[:-1]])
+    offsets = np.cumsum([0, *ms])  # chunk k's columns: offsets[k] .. offsets[k + 1] - 1
     cols = np.concatenate([np.arange(a, b) for _, a, b in chunks])  # the element of each column
-    owner = np.repeat(k, ms)  # the chunk of each column
-    everywhere = np.arange(len(cols))
     draws = [rng.chunk_generator(seed, rng.REC_CANDIDATES, step, c).bit_generator for c, _, _ in chunks]
     # the arrival times are the encoder's own: chunk k's are column k of the stream of the batch's first chunk (for
     # a lone chunk the stream `_select` reads)
     times = rng.chunk_generator(seed, rng.REC_TIMES, step, chunks[0][0]).standard_exponential((count, len(chunks)))
     log_t = np.log(np.cumsum(times, axis=0))  # (count, chunks)
+    streams = np.array([native.stream_words(d) for d in draws], np.uint64)
+    found = native.search(streams, offsets, screen.quad[cols], screen.lin[cols], screen.table, log_t)
+    best_j, best_raw = found if found is not None else _numpy_search(screen, draws, cols, offsets, log_t)
+    v = rng.unit16(best_raw)
+    return [(int(j), v[a : a + m][None]) for j, a, m in zip(best_j.tolist(), offsets.tolist(), ms)]
+
+
+def _numpy_search(screen: GaussianScreen, draws: list[np.random.BitGenerator], cols: np.ndarray, offsets: np.ndarray,
+                  log_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(j* (chunks,), the winning rows' 16-bit draws (columns,)) as in `native.search`, by numpy: in each block of
+    rows `screen.rough` ranks every chunk's candidates and the SHORTLIST best are scored by `screen.exact`; the same
+    j* as an exact search unless the rough error reorders the best few."""
+    count, chunks = log_t.shape
+    k = np.arange(chunks)
+    ms = np.diff(offsets).tolist()
+    owner = np.repeat(k, ms)  # the chunk of each column
+    everywhere = np.arange(len(cols))
     block = max(1, _BLOCK_VALUES // len(cols))
-    best, best_j, best_raw = np.full(len(chunks), np.inf), np.zeros(len(chunks), np.int64), np.zeros(len(cols), np.uint16)
+    best, best_j, best_raw = np.full(chunks, np.inf), np.zeros(chunks, np.int64), np.zeros(len(cols), np.uint16)
     for first in range(0, count, block):
         n = min(block, count - first)
         raw = np.concatenate([rng.lanes16(d.random_raw((n, rng.draw_words(m, 16))))[:, :m] for d, m in zip(draws, ms)],
                              axis=1)  # (n, columns): each candidate's 16-bit draws
         lt = log_t[first : first + n]
-        keep = (np.argpartition(lt - screen.rough(raw, cols, offsets), SHORTLIST, axis=0)[:SHORTLIST]
+        keep = (np.argpartition(lt - screen.rough(raw, cols, offsets[:-1]), SHORTLIST, axis=0)[:SHORTLIST]
                 if n > SHORTLIST else np.broadcast_to(np.arange(n)[:, None], lt.shape))
         shortlist = raw[keep[:, owner], everywhere]  # row r of column e: chunk owner[e]'s r-th shortlisted row
-        key = np.take_along_axis(lt, keep, axis=0) - screen.exact(shortlist, cols, offsets)
+        key = np.take_along_axis(lt, keep, axis=0) - screen.exact(shortlist, cols, offsets[:-1])
         i = np.argmin(key, axis=0)
         won = (first == 0) | (key[i, k] < best)
         best = np.where(won, key[i, k], best)
         best_j = np.where(won, first + keep[i, k], best_j)
         best_raw = np.where(won[owner], shortlist[i[owner], everywhere], best_raw)
-    v = rng.unit16(best_raw)
-    return [(int(j), v[o : o + m][None]) for j, o, m in zip(best_j.tolist(), offsets.tolist(), ms)]
+    return best_j, best_raw
 
 
 def _screened(screen: GaussianScreen, seed: int, step: int, starts: np.ndarray,

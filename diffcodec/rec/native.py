@@ -1,0 +1,101 @@
+"""The fused REC search kernel (`search.c`), compiled on first use with the system's C compiler and loaded by ctypes.
+
+It is optional: without a C compiler (or with DIFFCODEC_NATIVE=0) `search()` returns None and the encoder searches
+with numpy (`coder._screened_batch`). Files are the same kind either way: the kernel only picks candidates; the
+decoder never runs it. The shared library is cached under $DIFFCODEC_CACHE (default $XDG_CACHE_HOME/diffcodec, or
+~/.cache/diffcodec), named by a hash of the source and the compiler command, and written atomically.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+SOURCE = Path(__file__).with_name("search.c")
+FLAGS = ["-O3", "-ffp-contract=off", "-fPIC", "-shared"]
+
+
+def cache_dir() -> Path:
+    """Where the compiled kernel lives."""
+    if os.environ.get("DIFFCODEC_CACHE"):
+        return Path(os.environ["DIFFCODEC_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "diffcodec"
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def _build(cc: str) -> Path | None:
+    source = SOURCE.read_bytes()
+    tag = hashlib.sha256(source + " ".join([cc, *FLAGS, sys.platform]).encode()).hexdigest()[:16]
+    lib = cache_dir() / f"rec_search_{tag}.so"
+    if lib.is_file():
+        return lib
+    try:
+        lib.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
+            out = Path(tmp) / lib.name
+            subprocess.run([cc, *FLAGS, "-o", str(out), str(SOURCE)], check=True, capture_output=True, timeout=120)
+            os.replace(out, lib)  # atomic: a concurrent build writes the same bytes
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return lib
+
+
+@functools.lru_cache(maxsize=1)
+def _kernel() -> ctypes._CFuncPtr | None:
+    if os.environ.get("DIFFCODEC_NATIVE", "1") == "0":
+        return None
+    cc = _compiler()
+    lib = None if cc is None else _build(cc)
+    if lib is None:
+        return None
+    try:
+        fn = ctypes.CDLL(str(lib)).rec_search
+    except (OSError, AttributeError):
+        return None
+    ptr = np.ctypeslib.ndpointer
+    fn.argtypes = [ctypes.c_int64, ptr(np.uint64, flags="C"), ptr(np.int64, flags="C"), ptr(np.float64, flags="C"),
+                   ptr(np.float64, flags="C"), ptr(np.float64, flags="C"), ctypes.c_int64, ptr(np.float64, flags="C"),
+                   ptr(np.int64, flags="C"), ptr(np.uint16, flags="C")]
+    fn.restype = None
+    return fn
+
+
+def available() -> bool:
+    """True when the kernel is compiled and loaded (DIFFCODEC_NATIVE=0 turns it off)."""
+    return _kernel() is not None
+
+
+def stream_words(bit_generator: np.random.PCG64) -> tuple[int, int, int, int]:
+    """A PCG64's 128-bit state and increment as four 64-bit words: state high, state low, increment high, low."""
+    st = bit_generator.state["state"]
+    mask = (1 << 64) - 1
+    return st["state"] >> 64, st["state"] & mask, st["inc"] >> 64, st["inc"] & mask
+
+
+def search(streams: np.ndarray, offsets: np.ndarray, quad: np.ndarray, lin: np.ndarray, table: np.ndarray,
+           log_t: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(j* (chunks,), the winning rows' 16-bit draws (columns,)) of Gaussian chunks searched by the kernel, or None
+    when it is not available. streams (chunks, 4) uint64 (`stream_words`), offsets (chunks + 1,) int64 column
+    bounds, quad and lin (columns,) float64 (`GaussianScreen`), table (2^16,) float64, log_t (count, chunks)."""
+    fn = _kernel()
+    if fn is None:
+        return None
+    chunks, count = len(offsets) - 1, log_t.shape[0]
+    best_j, best_k = np.zeros(chunks, np.int64), np.zeros(int(offsets[-1]), np.uint16)
+    fn(chunks, np.ascontiguousarray(streams, np.uint64), np.ascontiguousarray(offsets, np.int64),
+       np.ascontiguousarray(quad, np.float64), np.ascontiguousarray(lin, np.float64),
+       np.ascontiguousarray(table, np.float64), count, np.ascontiguousarray(log_t, np.float64), best_j, best_k)
+    return best_j, best_k

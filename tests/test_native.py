@@ -1,0 +1,50 @@
+"""Building and loading the fused REC search kernel (diffcodec/rec/native.py): optional, never a failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffcodec.rec import native
+
+
+@pytest.fixture
+def fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty kernel cache, and no loaded kernel (restored afterwards)."""
+    monkeypatch.setenv("DIFFCODEC_CACHE", str(tmp_path / "cache"))
+    native._kernel.cache_clear()
+    yield tmp_path / "cache"
+    native._kernel.cache_clear()
+
+
+def test_a_failing_compiler_leaves_no_kernel_and_no_file(fresh: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\necho 'cc: error' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    assert native._build(str(broken)) is None
+    assert not fresh.exists() or not any(fresh.rglob("*"))  # no half-written library left behind
+
+
+def test_without_a_compiler_the_encoder_falls_back_to_numpy(fresh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    assert not native.available()
+    assert native.search(np.zeros((1, 4), np.uint64), np.array([0, 1]), np.zeros(1), np.zeros(1), np.zeros(1 << 16),
+                         np.zeros((2, 1))) is None
+
+
+def test_the_kernel_can_be_turned_off(fresh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIFFCODEC_NATIVE", "0")
+    assert not native.available() and not fresh.exists()
+
+
+def test_the_kernel_is_built_once_and_cached(fresh: Path) -> None:
+    if native._compiler() is None:
+        pytest.skip("no C compiler here")
+    assert native.available()
+    built = list(fresh.glob("rec_search_*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    native._kernel.cache_clear()
+    assert native.available() and built[0].stat().st_mtime_ns == stamp  # loaded from the cache, not rebuilt
