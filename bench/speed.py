@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffcodec.rec import native
+
 
 def _one(args: tuple[str, str, str, int]) -> dict:
     """Encode and decode one image; the figures of `main`."""
@@ -68,6 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     paths = sorted(args.images.glob("*.png")) if args.images.is_dir() else [args.images]
     paths = paths[: args.limit]
+    search = "C kernel" if native.available() else "numpy (no C kernel)"  # DIFFCODEC_NATIVE=0 times the fallback
+    print(f"REC search: {search}")
     context = multiprocessing.get_context("spawn")
     rows = []
     with context.Pool(1, maxtasksperchild=1) as pool:
@@ -90,7 +94,7 @@ def main() -> None:
     print("mean:", json.dumps(summary))
     out = args.out or Path(__file__).parent / "results" / f"speed_{args.device}.json"
     out.write_text(json.dumps({"device": args.device, "threads": args.threads, "model": args.model,
-                               "images": rows, "mean": summary}, indent=1))
+                               "rec_search": search, "images": rows, "mean": summary}, indent=1))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from diffcodec.rec import native
 
 
 @pytest.fixture
-def fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """An empty kernel cache, and no loaded kernel (restored afterwards)."""
     monkeypatch.setenv("DIFFCODEC_CACHE", str(tmp_path / "cache"))
     native._kernel.cache_clear()
@@ -48,3 +49,12 @@ def test_the_kernel_is_built_once_and_cached(fresh: Path) -> None:
     stamp = built[0].stat().st_mtime_ns
     native._kernel.cache_clear()
     assert native.available() and built[0].stat().st_mtime_ns == stamp  # loaded from the cache, not rebuilt
+
+
+def test_chunks_longer_than_the_kernel_holds_go_to_numpy() -> None:
+    from diffcodec.rec.coder import MAX_CHUNK_ELEMENTS
+
+    assert native.MAX_COLUMNS >= MAX_CHUNK_ELEMENTS  # every chunk the coder makes fits the kernel's buffers
+    m = native.MAX_COLUMNS + 1
+    assert native.search(np.zeros((1, 4), np.uint64), np.array([0, m]), np.zeros(m), np.zeros(m), np.zeros(1 << 16),
+                         np.zeros((2, 1))) is None

@@ -22,6 +22,7 @@ import numpy as np
 
 SOURCE = Path(__file__).with_name("search.c")
 FLAGS = ["-O3", "-ffp-contract=off", "-fPIC", "-shared"]
+MAX_COLUMNS = 4096  # the longest chunk the kernel's row buffers hold (coder.MAX_CHUNK_ELEMENTS)
 
 
 def cache_dir() -> Path:
@@ -91,7 +92,7 @@ def search(streams: np.ndarray, offsets: np.ndarray, quad: np.ndarray, lin: np.n
     when it is not available. streams (chunks, 4) uint64 (`stream_words`), offsets (chunks + 1,) int64 column
     bounds, quad and lin (columns,) float64 (`GaussianScreen`), table (2^16,) float64, log_t (count, chunks)."""
     fn = _kernel()
-    if fn is None:
+    if fn is None or np.diff(offsets).max(initial=0) > MAX_COLUMNS:
         return None
     chunks, count = len(offsets) - 1, log_t.shape[0]
     best_j, best_k = np.zeros(chunks, np.int64), np.zeros(int(offsets[-1]), np.uint16)

@@ -43,7 +43,7 @@ void rec_search(int64_t chunks, const uint64_t *streams, const int64_t *offsets,
                 uint16_t *best_k) {
     /* streams: 4 words per chunk: state high, state low, increment high, increment low. log_t: (count, chunks).
        Lane r takes rows r per .. (r + 1) per - 1 of the chunk, per = ceil(count / LANES). */
-    static _Thread_local uint16_t row[LANES][4096], kept[LANES][4096]; /* MAX_CHUNK_ELEMENTS */
+    static _Thread_local uint16_t row[LANES][4096], kept[LANES][4096]; /* native.MAX_COLUMNS */
     int64_t per = (count + LANES - 1) / LANES;
     for (int64_t c = 0; c < chunks; c++) {
         u128 inc = ((u128)streams[4 * c + 2] << 64) | streams[4 * c + 3];
