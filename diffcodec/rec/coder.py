@@ -189,8 +189,8 @@ def _numpy_search(screen: GaussianScreen, draws: list[np.random.BitGenerator], c
 def _screened(screen: GaussianScreen, seed: int, step: int, starts: np.ndarray,
               counts: list[int]) -> list[tuple[int, np.ndarray]]:
     """(j*, uniforms) of every chunk of a Gaussian step on the CPU, drawn at 16 bits: chunks of one candidate count go in batches of
-    up to _BATCH_VALUES draws (`_screened_batch`), the batches on SEARCH_WORKERS threads (numpy's draws and table
-    reads release the GIL); the threads change no j*."""
+    up to _BATCH_VALUES draws (`_screened_batch`), the batches on SEARCH_WORKERS threads (the kernel's calls, and
+    numpy's draws and table reads, release the GIL); the threads change no j*."""
     by_count: dict[int, list[tuple[int, int, int]]] = {}
     for c, (n, a, b) in enumerate(zip(counts, starts[:-1].tolist(), starts[1:].tolist())):
         by_count.setdefault(n, []).append((c, a, b))
