@@ -8,7 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from test_rec import toy_step
+from diffcodec import rng
 from diffcodec.rec import native
+from diffcodec.rec.score import GaussianScreen
+
+
+def search_one_chunk(m: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """`native.search` of one chunk of m elements, 2 candidates."""
+    draws = [rng.chunk_generator(0, rng.REC_CANDIDATES, 0, 0).bit_generator]
+    return native.search(GaussianScreen(*toy_step(m)), draws, np.arange(m), np.array([0, m]), np.zeros((2, 1)))
 
 
 @pytest.fixture
@@ -31,8 +40,7 @@ def test_a_failing_compiler_leaves_no_kernel_and_no_file(fresh: Path, tmp_path: 
 def test_without_a_compiler_the_encoder_falls_back_to_numpy(fresh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CC", "/nonexistent/cc")
     assert not native.available()
-    assert native.search(np.zeros((1, 4), np.uint64), np.array([0, 1]), np.zeros(1), np.zeros(1), np.zeros(1 << 16),
-                         np.zeros((2, 1))) is None
+    assert search_one_chunk(1) is None
 
 
 def test_the_kernel_can_be_turned_off(fresh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,6 +63,4 @@ def test_chunks_longer_than_the_kernel_holds_go_to_numpy() -> None:
     from diffcodec.rec.coder import MAX_CHUNK_ELEMENTS
 
     assert native.MAX_COLUMNS >= MAX_CHUNK_ELEMENTS  # every chunk the coder makes fits the kernel's buffers
-    m = native.MAX_COLUMNS + 1
-    assert native.search(np.zeros((1, 4), np.uint64), np.array([0, m]), np.zeros(m), np.zeros(m), np.zeros(1 << 16),
-                         np.zeros((2, 1))) is None
+    assert search_one_chunk(native.MAX_COLUMNS + 1) is None

@@ -150,8 +150,7 @@ def _screened_batch(screen: GaussianScreen, seed: int, step: int, chunks: list[t
     # a lone chunk the stream `_select` reads)
     times = rng.chunk_generator(seed, rng.REC_TIMES, step, chunks[0][0]).standard_exponential((count, len(chunks)))
     log_t = np.log(np.cumsum(times, axis=0))  # (count, chunks)
-    streams = np.array([native.stream_words(d) for d in draws], np.uint64)
-    found = native.search(streams, offsets, screen.quad[cols], screen.lin[cols], screen.table, log_t)
+    found = native.search(screen, draws, cols, offsets, log_t)
     best_j, best_raw = found if found is not None else _numpy_search(screen, draws, cols, offsets, log_t)
     v = rng.unit16(best_raw)
     return [(int(j), v[a : a + m][None]) for j, a, m in zip(best_j.tolist(), offsets.tolist(), ms)]

@@ -17,8 +17,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from diffcodec.rec.score import GaussianScreen
 
 SOURCE = Path(__file__).with_name("search.c")
 FLAGS = ["-O3", "-ffp-contract=off", "-fPIC", "-shared"]
@@ -86,17 +90,18 @@ def stream_words(bit_generator: np.random.PCG64) -> tuple[int, int, int, int]:
     return st["state"] >> 64, st["state"] & mask, st["inc"] >> 64, st["inc"] & mask
 
 
-def search(streams: np.ndarray, offsets: np.ndarray, quad: np.ndarray, lin: np.ndarray, table: np.ndarray,
+def search(screen: GaussianScreen, draws: list[np.random.PCG64], cols: np.ndarray, offsets: np.ndarray,
            log_t: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(j* (chunks,), the winning rows' 16-bit draws (columns,)) of Gaussian chunks searched by the kernel, or None
-    when it is not available. streams (chunks, 4) uint64 (`stream_words`), offsets (chunks + 1,) int64 column
-    bounds, quad and lin (columns,) float64 (`GaussianScreen`), table (2^16,) float64, log_t (count, chunks)."""
+    """(j* (chunks,), the winning rows' 16-bit draws (columns,)) of Gaussian chunks searched exactly by the kernel, or
+    None when it is not available (the arguments of `coder._numpy_search`): chunk k's candidates come from draws[k],
+    its columns are offsets[k] .. offsets[k + 1] - 1, column e scores element cols[e] by `screen`, and log_t (count,
+    chunks) holds the arrival times."""
     fn = _kernel()
     if fn is None or np.diff(offsets).max(initial=0) > MAX_COLUMNS:
         return None
     chunks, count = len(offsets) - 1, log_t.shape[0]
+    streams = np.array([stream_words(d) for d in draws], np.uint64).reshape(chunks, 4)
     best_j, best_k = np.zeros(chunks, np.int64), np.zeros(int(offsets[-1]), np.uint16)
-    fn(chunks, np.ascontiguousarray(streams, np.uint64), np.ascontiguousarray(offsets, np.int64),
-       np.ascontiguousarray(quad, np.float64), np.ascontiguousarray(lin, np.float64),
-       np.ascontiguousarray(table, np.float64), count, np.ascontiguousarray(log_t, np.float64), best_j, best_k)
+    fn(chunks, streams, np.ascontiguousarray(offsets, np.int64), screen.quad[cols], screen.lin[cols], screen.table,
+       count, np.ascontiguousarray(log_t, np.float64), best_j, best_k)
     return best_j, best_k
