@@ -141,6 +141,11 @@ class GroupedCoder:
                 part += 1
         return z_s
 
+    def for_step(self, ctx: StepContext, x: Tensor) -> "GroupedCoder":
+        """Grouped parts by the coder `inner` falls back to for this step (see its for_step), else this coder."""
+        inner = self.inner.for_step(ctx, x)
+        return self if inner is self.inner else GroupedCoder(inner, self.net, self.weights_hash)
+
     def send(self, ctx: StepContext, x: Tensor, pool: Executor | None = None) -> SentStep:
         """The parts in order, each part's payload finished before the next part starts; a step of Gaussian KL under
         MIN_STEP_BITS goes to `inner` whole."""

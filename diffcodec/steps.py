@@ -20,10 +20,12 @@ from diffcodec.bitstream import CODER_REC, CODER_REC_POWER, CODER_UQ, CODERS
 from diffcodec.entropy import decode_symbols, encode_symbols
 from diffcodec.errors import BadInputError, BitstreamError
 from diffcodec.rec import FAMILIES, StepPrior, decode_step, encode_step
-from diffcodec.rec.coder import MARGIN, TARGET_BITS, check_budget, check_fraction
+from diffcodec.rec.coder import MARGIN, TARGET_BITS, check_budget, check_fraction, check_sharpen, unreachable_share
 from diffcodec.uqdm import logistic_scale, posterior, step_bits
 
 CODER_CHOICES = ("uq", "rec", "hybrid")
+MAX_UNREACHABLE = 0.1
+"""A REC step with more of its KL than this out of its chunks' reach (rec.coder.unreachable_share) is sent by UQ."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,10 @@ class StepCoder(Protocol):
         """The decoder's z_s (1, 3, H, W) from the chunk payload."""
         ...
 
+    def for_step(self, ctx: StepContext, x: Tensor) -> "StepCoder":
+        """The coder the encoder sends this step by: itself, or a fallback where it would do the step badly."""
+        ...
+
 
 def flat(t: Tensor) -> Tensor:
     """t as a flat float32 CPU tensor."""
@@ -136,6 +142,10 @@ class UQCoder:
         kl = float(step_bits(z_s, ctx.mu_p, ctx.sigma_p, ctx.delta).double().sum())
         return SentStep(coded, z_s, kl, self.coder_id)
 
+    def for_step(self, ctx: StepContext, x: Tensor) -> StepCoder:
+        """UQ sends every step."""
+        return self
+
     def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
         """z_s from the payload. No overlap is possible here: the next network call needs this z_s, and z_s needs
         the decoded symbols."""
@@ -150,9 +160,10 @@ class RecCoder:
     layout."""
 
     def __init__(self, family: str = "uniform", target_bits: int = TARGET_BITS, margin: int = MARGIN,
-                 power: bool = True, fraction: float = 1.0) -> None:
+                 power: bool = True, fraction: float = 1.0, sharpen: float = 1.0) -> None:
         self.family, self.target_bits, self.margin, self.power = family, target_bits, margin, power
         self.fraction = fraction  # encoder only: rec.encode_step's share of the KL the chunks are planned for
+        self.sharpen = sharpen  # encoder only: rec.encode_step's beta of the pick
         self.coder_id = CODER_REC_POWER if power else CODER_REC
 
     def send(self, ctx: StepContext, x: Tensor, pool: Executor | None = None) -> SentStep:
@@ -161,10 +172,17 @@ class RecCoder:
         p = ctx.flat_prior()
         mu_q = _flat64(posterior(ctx.z_t, x, ctx.gamma_t, ctx.gamma_s)[0])
         sent = encode_step(self.family, ctx.seed, ctx.step, p, mu_q, self.target_bits, self.margin, ctx.z_t.device,
-                           self.power, self.fraction)
+                           self.power, self.fraction, sharpen=self.sharpen)
         z_s = sent.z_s.float().reshape(ctx.z_t.shape).to(ctx.z_t.device)
         ctx.clock["rec"] = ctx.clock.get("rec", 0.0) + time.perf_counter() - t
         return SentStep(start(None, lambda: Coded(sent.payload, sent.bits, {})), z_s, sent.kl_bits, self.coder_id)
+
+    def for_step(self, ctx: StepContext, x: Tensor) -> StepCoder:
+        """UQ for a step with over MAX_UNREACHABLE of its KL out of its chunks' reach under the step's prior
+        (rec.coder.unreachable_share), else this coder."""
+        mu_q = _flat64(posterior(ctx.z_t, x, ctx.gamma_t, ctx.gamma_s)[0])
+        share = unreachable_share(self.family, ctx.flat_prior(), mu_q, self.target_bits, self.margin, self.fraction)
+        return UQCoder() if share > MAX_UNREACHABLE else self
 
     def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
         t = time.perf_counter()
@@ -177,7 +195,8 @@ class RecCoder:
 class Coding:
     """How an encoder sends a file's steps: `coder` "uq", "rec" or "hybrid" (REC for the first `rec_steps`, default
     T // 2, then UQ); REC sends the `posterior` family in chunks of about `rec_bits` bits with 2^(bits + `rec_margin`)
-    candidates each, planned for `rec_fraction` of the step's KL (rec.encode_step). A model's codec.json may hold
+    candidates each, planned for `rec_fraction` of the step's KL and picked with sharpening `rec_sharpen`
+    (rec.encode_step). A model's codec.json may hold
     these as its defaults; a file records its choice per chunk."""
 
     coder: str = "uq"
@@ -186,13 +205,14 @@ class Coding:
     rec_bits: int = TARGET_BITS
     rec_margin: int = MARGIN
     rec_fraction: float = 1.0
+    rec_sharpen: float = 1.0
 
     def override(self, coder: str | None = None, rec_steps: int | None = None, posterior: str | None = None,
                  rec_bits: int | None = None) -> "Coding":
         """This coding with the caller's choices. A caller who names the coder gets the built-in rec_steps and
-        posterior unless named too; rec_bits, rec_margin and rec_fraction stay this coding's unless named."""
+        posterior unless named too; rec_bits, rec_margin, rec_fraction and rec_sharpen stay this coding's unless named."""
         base = self if coder is None else replace(Coding(coder), rec_bits=self.rec_bits, rec_margin=self.rec_margin,
-                                                  rec_fraction=self.rec_fraction)
+                                                  rec_fraction=self.rec_fraction, rec_sharpen=self.rec_sharpen)
         return replace(base, rec_steps=base.rec_steps if rec_steps is None else rec_steps,
                        posterior=base.posterior if posterior is None else posterior,
                        rec_bits=base.rec_bits if rec_bits is None else rec_bits)
@@ -205,14 +225,16 @@ class Coding:
     def coders(self, steps: int) -> list[StepCoder]:
         """The coder of each of the T steps (BadInputError for a choice that makes no sense)."""
         return step_coders(steps, self.coder, self.rec_steps, self.posterior, self.rec_bits, self.rec_margin,
-                           self.rec_fraction)
+                           self.rec_fraction, self.rec_sharpen)
 
 
 def step_coders(steps: int, coder: str = "uq", rec_steps: int | None = None, posterior_family: str = "uniform",
-                rec_bits: int = TARGET_BITS, rec_margin: int = MARGIN, rec_fraction: float = 1.0) -> list[StepCoder]:
+                rec_bits: int = TARGET_BITS, rec_margin: int = MARGIN, rec_fraction: float = 1.0,
+                rec_sharpen: float = 1.0) -> list[StepCoder]:
     """The coder of each of the T steps: all "uq", all "rec", or "hybrid" (the first `rec_steps` by REC, default
     T // 2, the rest by UQ). REC sends `posterior_family` ("uniform" or "gaussian") in chunks of ~`rec_bits` bits,
-    2^(bits + `rec_margin`) candidates a chunk, planned for `rec_fraction` of the step's KL."""
+    2^(bits + `rec_margin`) candidates a chunk, planned for `rec_fraction` of the step's KL, picked with sharpening
+    `rec_sharpen` (rec.encode_step)."""
     if coder not in CODER_CHOICES:
         raise BadInputError(f"unknown coder {coder!r}: choose one of {', '.join(CODER_CHOICES)}")
     if posterior_family not in FAMILIES:
@@ -225,8 +247,9 @@ def step_coders(steps: int, coder: str = "uq", rec_steps: int | None = None, pos
         raise BadInputError("a Gaussian posterior needs REC: pass --coder rec or --coder hybrid")
     check_budget(rec_bits, rec_margin)
     check_fraction(rec_fraction)
+    check_sharpen(rec_sharpen)
     n_rec = {"uq": 0, "rec": steps, "hybrid": steps // 2 if rec_steps is None else rec_steps}[coder]
-    rec = RecCoder(posterior_family, rec_bits, rec_margin, fraction=rec_fraction)
+    rec = RecCoder(posterior_family, rec_bits, rec_margin, fraction=rec_fraction, sharpen=rec_sharpen)
     return [rec if i < n_rec else UQCoder() for i in range(steps)]
 
 

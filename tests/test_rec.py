@@ -99,14 +99,14 @@ def test_gaussian_screen_scores_as_the_exact_score_does() -> None:
 
 
 def exact_pick(p: StepPrior, mu_q: torch.Tensor, seed: int, step: int, chunk: int, a: int, b: int,
-               log_t: np.ndarray) -> tuple[int, np.ndarray]:
+               log_t: np.ndarray, sharpen: float = 1.0) -> tuple[int, np.ndarray]:
     """(j*, its uniforms) of chunk `chunk` (elements a..b), drawn at 16 bits, by scoring every candidate exactly,
-    given its arrival times log T."""
+    given its arrival times log T: argmin_j log T_j - sharpen log w_j."""
     raw = rng.chunk_generator(seed, rng.REC_CANDIDATES, step, chunk).bit_generator.random_raw(
         (len(log_t), rng.draw_words(b - a, 16)))
     v = rng.unit_values(raw, b - a, 16)[:, None]
     z = candidates("gaussian", p.take(slice(a, b)), torch.from_numpy(v))
-    j = int(np.argmin(log_t - score_cpu("gaussian", z, p.take(slice(a, b)), mu_q[a:b]).numpy()))
+    j = int(np.argmin(log_t - sharpen * score_cpu("gaussian", z, p.take(slice(a, b)), mu_q[a:b]).numpy()))
     return j, v[j]
 
 
@@ -120,19 +120,20 @@ def search(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     return request.param
 
 
-@pytest.mark.parametrize("count", [2, 1024])  # 2: fewer rows than the kernel's lanes
-def test_screened_search_picks_what_the_exact_search_picks(search: str, count: int) -> None:
+@pytest.mark.parametrize(("count", "sharpen"), [(2, 1.0), (1024, 1.0), (1024, 2.5)])  # 2: fewer rows than lanes
+def test_screened_search_picks_what_the_exact_search_picks(search: str, count: int, sharpen: float) -> None:
     p, mu_q = toy_step(MAX_CHUNK_ELEMENTS + 340, seed=2)
-    screen = GaussianScreen(p, mu_q)
+    screen = GaussianScreen(p, mu_q, sharpen)
     chunks = [(0, 0, 1), (1, 1, 5), (2, 5, 40), (3, 40, 340), (4, 340, 340 + MAX_CHUNK_ELEMENTS)]
     for chunk, a, b in chunks:  # alone: the exact search, arrival times and all
-        exact = _select("gaussian", 9, 1, chunk, p.take(slice(a, b)), mu_q[a:b], count, torch.device("cpu"), 16)
+        exact = _select("gaussian", 9, 1, chunk, p.take(slice(a, b)), mu_q[a:b], count, torch.device("cpu"), 16,
+                        sharpen)
         j, row = _screened_batch(screen, 9, 1, [(chunk, a, b)], count)[0]
         assert j == exact[0] and np.array_equal(row, exact[1])
     # side by side: chunk k's arrival times are column k of the first chunk's stream
     times = rng.chunk_generator(9, rng.REC_TIMES, 1, 0).standard_exponential((count, len(chunks)))
     for k, ((chunk, a, b), (j, row)) in enumerate(zip(chunks, _screened_batch(screen, 9, 1, chunks, count))):
-        exact_j, exact_row = exact_pick(p, mu_q, 9, 1, chunk, a, b, np.log(np.cumsum(times[:, k])))
+        exact_j, exact_row = exact_pick(p, mu_q, 9, 1, chunk, a, b, np.log(np.cumsum(times[:, k])), sharpen)
         assert j == exact_j and np.array_equal(row, exact_row)
 
 
@@ -231,6 +232,55 @@ def test_a_smaller_fraction_sends_fewer_bits_and_a_sample_nearer_the_prior(famil
             encode_step(family, 5, 0, p, mu_q, fraction=bad)
     with pytest.raises(BadInputError, match="64 or 16 bits"):
         encode_step(family, 5, 0, p, mu_q, draw_bits=32)
+
+
+def realized_log_w(p: StepPrior, mu_q: torch.Tensor, z_s: torch.Tensor) -> float:
+    """sum_i log q(z_i) / p(z_i) of a Gaussian step's sample, in nats."""
+    return float(score_cpu("gaussian", z_s[None], p, mu_q)[0])
+
+
+def test_a_sharpened_pick_lies_nearer_q_and_still_decodes() -> None:
+    """rec_sharpen > 1 (Gaussian steps): with 2^(b + margin) candidates the plain pick's log w falls short of the KL
+    (it leans toward the prior); a sharper pick has a larger log w, at a larger index cost. The decoder needs
+    nothing more."""
+    p, mu_q = toy_step(3000, seed=6)
+    plain, sharp = (encode_step("gaussian", 5, 0, p, mu_q, target_bits=8, margin=2, sharpen=b) for b in (1.0, 3.0))
+    assert torch.equal(decode_step(sharp.payload, 5, 0, p), sharp.z_s)
+    assert sharp.chunks == plain.chunks and sharp.bits > plain.bits
+    kl_nats = plain.kl_bits * math.log(2)
+    assert realized_log_w(p, mu_q, plain.z_s) < 0.95 * kl_nats < \
+        realized_log_w(p, mu_q, sharp.z_s)
+    for bad in (0.5, 9.0, float("nan"), True):
+        with pytest.raises(BadInputError, match="rec_sharpen"):
+            encode_step("gaussian", 5, 0, p, mu_q, sharpen=bad)
+
+
+def test_unreachable_share_finds_a_prior_far_too_sure() -> None:
+    """A calibrated prior leaves no chunk far past its candidates' reach; a run of confident elements with an edge the
+    prior missed makes long chunks whose KL no candidate reaches."""
+    p, mu_q = toy_step(3000, seed=7)
+    assert coder.unreachable_share("gaussian", p, mu_q, 8, 3) < 0.02
+    sure = p.sigma_p.clone()
+    sure[1000:2000] = 1e-3  # the prior is sure of these ...
+    edge = mu_q.clone()
+    edge[1500:1600] = p.mu_p[1500:1600] + 0.5  # ... and wrong about 100 of them
+    wrong = StepPrior(p.mu_p, sure, p.delta)
+    edge[1000:1500], edge[1600:2000] = wrong.mu_p[1000:1500], wrong.mu_p[1600:2000]
+    assert coder.unreachable_share("gaussian", wrong, edge, 8, 3) > 0.4
+    assert coder.unreachable_share("gaussian", toy_step(0)[0], toy_step(0)[1], 8, 3) == 0.0
+
+
+def test_a_rec_step_out_of_reach_is_sent_by_uq(tiny_model: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above MAX_UNREACHABLE the encoder sends the step by UQ (chunk coder `uq`), and the file still decodes exactly."""
+    model = model_with_codec_file(tiny_model, tmp_path / "m", {"coder": "rec", "posterior": "gaussian"})
+    monkeypatch.setattr(steps, "MAX_UNREACHABLE", 1.0)  # a share is at most 1: never
+    assert [c.coder for c in read_stream(diffcodec.encode(CROP, model=model, seed=3)).chunks[:-1]] == \
+        [CODER_REC_POWER] * TINY_STEPS
+    monkeypatch.setattr(steps, "MAX_UNREACHABLE", -1.0)  # always
+    data = diffcodec.encode(CROP, model=model, seed=3)
+    assert [c.coder for c in read_stream(data).chunks[:-1]] == [CODER_UQ] * TINY_STEPS
+    assert (diffcodec.decode(data, model=tiny_model) == CROP).all()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -344,11 +394,11 @@ def test_cli_refuses_conflicting_coder_options(args: tuple, flag: str, tmp_path:
 
 
 def test_a_named_coder_starts_from_the_built_in_choices() -> None:
-    default = Coding("hybrid", 4, "gaussian", rec_bits=6, rec_margin=3, rec_fraction=0.5)
+    default = Coding("hybrid", 4, "gaussian", rec_bits=6, rec_margin=3, rec_fraction=0.5, rec_sharpen=2.0)
     assert default.override() == default
-    assert default.override(rec_steps=2) == Coding("hybrid", 2, "gaussian", 6, 3, 0.5)
-    assert default.override("rec") == Coding("rec", None, "uniform", 6, 3, 0.5)  # the budget stays the model's
-    assert default.override("uq", rec_bits=8) == Coding("uq", None, "uniform", 8, 3, 0.5)
+    assert default.override(rec_steps=2) == Coding("hybrid", 2, "gaussian", 6, 3, 0.5, 2.0)
+    assert default.override("rec") == Coding("rec", None, "uniform", 6, 3, 0.5, 2.0)  # the budget stays the model's
+    assert default.override("uq", rec_bits=8) == Coding("uq", None, "uniform", 8, 3, 0.5, 2.0)
 
 
 def model_with_codec_file(tiny_model: Path, folder: Path, entries: dict) -> Path:
@@ -398,7 +448,21 @@ def test_codec_json_rec_fraction_reaches_the_encoder(tiny_model: Path, tmp_path:
     assert all(h == pytest.approx(f / 2, abs=1) for f, h in zip(full, half) if f < 65535) and min(full) < 65535
 
 
+def test_codec_json_rec_sharpen_reaches_the_encoder(tiny_model: Path, tmp_path: Path) -> None:
+    """rec_sharpen changes the encoder's picks (the step chunks' bytes), not what the decoder needs."""
+    def steps_of(sharpen: float) -> list[bytes]:
+        entries = {"coder": "rec", "posterior": "gaussian", "rec_sharpen": sharpen}
+        model = model_with_codec_file(tiny_model, tmp_path / str(sharpen), entries)
+        data = diffcodec.encode(CROP, model=model, seed=3)
+        assert (diffcodec.decode(data, model=tiny_model) == CROP).all()
+        return [c.payload for c in read_stream(data).chunks[:-1]]
+
+    plain, sharp = steps_of(1.0), steps_of(2.0)
+    assert plain != sharp and plain == steps_of(1)
+
+
 @pytest.mark.parametrize("entries", [{"coder": "hybrid", "rec_steps": TINY_STEPS + 1}, {"rec_margin": 7},
+                                     {"coder": "rec", "rec_sharpen": 0.5}, {"coder": "rec", "rec_sharpen": "2"},
                                      {"coder": "rec", "rec_fraction": 0}, {"coder": "rec", "rec_fraction": "half"},
                                      {"coder": "uq", "posterior": "gaussian"}, {"coder": "arith"}, {"rec_bitz": 4}])
 def test_a_bad_default_coder_is_refused(tiny_model: Path, tmp_path: Path, entries: dict) -> None:

@@ -154,14 +154,14 @@ def test_step_context_on_the_post_filter_decodes_exactly(refined_steps_model: Pa
     loaded = load_model(refined_steps_model)
     assert loaded.step_nets is not None and loaded.refiners is not None
     assert loaded.step_nets.refine_hash == loaded.refiners.weights_hash  # the file names the post-filter it reads
-    data = diffcodec.encode(pixels, model=refined_steps_model, seed=5)
+    data = diffcodec.encode(pixels, model=refined_steps_model, seed=5, rec_steps=4)  # step 5 by UQ: both coders
     assert [c.coder for c in read_stream(data).chunks[3:5]] == [CODER_REC_GROUPED, CODER_UQ_GROUPED]
     assert np.array_equal(diffcodec.decode(data, model=refined_steps_model), pixels)  # every rung checked
     # the same networks reading the U-Net's x_hat send other bytes: the post-filter is part of the prior
     plain = copy_default(tmp_path / "plain")
     sc.save_step_nets(plain / sc.STEP_CONTEXT_FILE, loaded.step_nets.nets, loaded.weights_hash)
     shutil.copy(refined_steps_model / REFINE_FILE, plain / REFINE_FILE)
-    other = diffcodec.encode(pixels, model=plain, seed=5)
+    other = diffcodec.encode(pixels, model=plain, seed=5, rec_steps=4)
     assert other != data and np.array_equal(diffcodec.decode(other, model=plain), pixels)
 
 

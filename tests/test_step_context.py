@@ -21,9 +21,9 @@ from diffcodec.zoo import load_model
 
 from conftest import KODIM01, KODIM15, copy_default, rgb_pixels
 
-STEPS = 5  # the default model's codec.json: steps 1-4 Gaussian REC, step 5 UQ
-GROUPED_IDS = {None: [CODER_REC_GROUPED] * 4 + [CODER_UQ_GROUPED], 5: [CODER_REC_GROUPED] * 5}  # by rec_steps
-PLAIN_IDS = {None: [CODER_REC_POWER] * 4 + [CODER_UQ], 5: [CODER_REC_POWER] * 5}
+STEPS = 5  # the default model's codec.json: all five steps by Gaussian REC
+GROUPED_IDS = {None: [CODER_REC_GROUPED] * 5, 4: [CODER_REC_GROUPED] * 4 + [CODER_UQ_GROUPED]}  # by rec_steps
+PLAIN_IDS = {None: [CODER_REC_POWER] * 5, 4: [CODER_REC_POWER] * 4 + [CODER_UQ]}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_the_fitted_networks_are_found_beside_the_model(grouped_model: Path) -> 
     assert loaded.step_nets.model_hash == loaded.weights_hash
 
 
-@pytest.mark.parametrize("rec_steps", [None, 5])  # the default (step 5 by UQ), and every step by REC
+@pytest.mark.parametrize("rec_steps", [None, 4])  # the default (every step by REC), and step 5 by UQ
 def test_grouped_steps_decode_exactly(grouped_model: Path, always_grouped: None, rec_steps: int | None) -> None:
     pixels = np.ascontiguousarray(rgb_pixels(KODIM15)[3:64, 5:52])  # 61 x 47: groups of unequal size
     coding = {} if rec_steps is None else {"coder": "hybrid", "rec_steps": rec_steps, "posterior": "gaussian"}
@@ -124,7 +124,7 @@ def test_a_step_context_for_other_weights_is_refused(grouped_model: Path, other_
         load_model(folder)
 
 
-@pytest.mark.parametrize("rec_steps", [None, 5])
+@pytest.mark.parametrize("rec_steps", [None, 4])
 def test_a_corrupt_grouped_chunk_is_an_error(grouped_model: Path, always_grouped: None, rec_steps: int | None) -> None:
     pixels = rgb_pixels(KODIM15)
     coding = {} if rec_steps is None else {"coder": "hybrid", "rec_steps": rec_steps, "posterior": "gaussian"}

@@ -6,7 +6,10 @@ the budgets match the real KL on average; below 1 each chunk carries more KL tha
 chunk c the budget b_c = ceil(its expected bits) in [1, target_bits] and 2^(b_c + margin) candidates z_j ~ p,
 drawn from the uniforms of rng.chunk_generator(seed, REC_CANDIDATES, step, c): at 16 bits (four uniforms to a raw
 64-bit draw, the midpoints of 2^16 bins: what the encoder writes) or at 64 (one draw each: the first files). The encoder picks
-j* = argmin_j (log T_j - log w_j), T_j the arrival times of a unit Poisson process and w_j = q(z_j) / p(z_j);
+j* = argmin_j (log T_j - beta log w_j), T_j the arrival times of a unit Poisson process, w_j = q(z_j) / p(z_j) and
+beta the sharpening (an encoder choice): beta = 1 is the Poisson functional representation, whose pick is distributed
+as q once a chunk has far more than 2^KL candidates; with 2^(b + margin) it leans toward p (the log w of a Gaussian
+chunk of KL b bits spreads over several bits either side of b), and beta > 1 offsets that lean;
 the indices are entropy-coded (entropy/index.py). The decoder skips to row j* of the same uniforms and rebuilds
 the candidate; the encoder keeps that row's uniforms from its search, and both sides turn uniforms into z_s by the
 one function `_candidates_of`, so they hold bit-identical values.
@@ -42,6 +45,8 @@ MAX_TARGET_BITS = 16
 MAX_MARGIN = 4  # a chunk's index table has at most 2^(16 + 4) entries
 MAX_CHUNK_ELEMENTS = 4096
 MAX_FRACTION = 4.0
+MAX_SHARPEN = 8.0
+REACH = 4  # a chunk with over REACH (b + margin) bits of KL is out of its candidates' reach (`unreachable_share`)
 FAMILY_IDS = {"uniform": 1, "gaussian": 2}
 """Posterior family -> the id in a REC payload's first byte (stable ids)."""
 _FAMILY_NAMES = {i: name for name, i in FAMILY_IDS.items()}
@@ -72,6 +77,12 @@ def check_fraction(fraction: float) -> None:
     """BadInputError unless 0 < fraction <= MAX_FRACTION."""
     if isinstance(fraction, bool) or not (isinstance(fraction, (int, float)) and 0.0 < fraction <= MAX_FRACTION):
         raise BadInputError(f"REC needs 0 < rec_fraction <= {MAX_FRACTION:g}, got {fraction!r}")
+
+
+def check_sharpen(sharpen: float) -> None:
+    """BadInputError unless 1 <= sharpen <= MAX_SHARPEN."""
+    if isinstance(sharpen, bool) or not (isinstance(sharpen, (int, float)) and 1.0 <= sharpen <= MAX_SHARPEN):
+        raise BadInputError(f"REC needs 1 <= rec_sharpen <= {MAX_SHARPEN:g}, got {sharpen!r}")
 
 
 def check_draw_bits(bits: int) -> None:
@@ -117,9 +128,9 @@ def _rows(draws: np.random.BitGenerator, count: int, d: int, m: int, bits: int) 
 
 
 def _select(family: str, seed: int, step: int, chunk: int, p: StepPrior, mu_q: Tensor, count: int,
-            device: torch.device, bits: int) -> tuple[int, np.ndarray]:
-    """(j*, its uniforms (d, m)), j* = argmin_j log T_j - log w_j over the chunk's `count` candidates drawn at
-    `bits` bits, scored by `score` on `device`, in blocks of rows that bound the memory."""
+            device: torch.device, bits: int, sharpen: float = 1.0) -> tuple[int, np.ndarray]:
+    """(j*, its uniforms (d, m)), j* = argmin_j log T_j - beta log w_j (beta = `sharpen`) over the chunk's `count`
+    candidates drawn at `bits` bits, scored by `score` on `device`, in blocks of rows that bound the memory."""
     m, d = p.mu_p.shape[0], DRAWS[family]
     pd = StepPrior(p.mu_p.to(device), p.sigma_p.to(device), p.delta.to(device))
     mq = mu_q.to(device)
@@ -130,7 +141,7 @@ def _select(family: str, seed: int, step: int, chunk: int, p: StepPrior, mu_q: T
     for first in range(0, count, block):
         v = _rows(draws, min(block, count - first), d, m, bits)
         log_w = score(family, candidates(family, pd, torch.from_numpy(v).to(device)), pd, mq).cpu().numpy()
-        key = log_t[first : first + len(v)] - log_w
+        key = log_t[first : first + len(v)] - sharpen * log_w
         j = int(np.argmin(key))
         if first == 0 or key[j] < best:
             best, best_j, best_v = float(key[j]), first + j, v[j]
@@ -241,25 +252,48 @@ def _regenerate(family: str, seed: int, step: int, p: StepPrior, starts: np.ndar
     return _candidates_of(family, p, rows)
 
 
+def _factor(kl: Tensor, expected: float, fraction: float) -> int:
+    """The factor the encoder sends, in 1/256: f = fraction x the step's KL / its expected bits, in [1, 2^16 - 1]."""
+    return int(np.clip(np.ceil(fraction * float(kl.sum()) / max(expected, 1e-9) * _FACTOR_UNITS), 1, 2**16 - 1))
+
+
+def unreachable_share(family: str, p: StepPrior, mu_q: Tensor, target_bits: int = TARGET_BITS,
+                      margin: int = MARGIN, fraction: float = 1.0) -> float:
+    """The share of the step's KL(q || p) that lies in chunks holding more than REACH times the b_c + margin bits
+    their 2^(b_c + margin) candidates can reach, for the chunks `encode_step` would plan. Where the prior is far
+    too sure (an edge inside a long chunk of confident elements), such a chunk's pick stays near the prior
+    whatever the sharpening, and that part of the step is lost; a step with much of its KL there is better sent by
+    UQ, whose cost follows the prior's error without a cap."""
+    kl = kl_bits(family, p, mu_q)
+    if len(kl) == 0:
+        return 0.0
+    starts, bits = plan(family, p, target_bits, _factor(kl, float(expected_bits(family, p).sum()), fraction))
+    kl_c = np.add.reduceat(kl.numpy(), starts[:-1])  # each chunk's KL in bits
+    return float(kl_c[kl_c > REACH * (bits + margin)].sum() / max(float(kl_c.sum()), 1e-9))
+
+
 def encode_step(family: str, seed: int, step: int, p: StepPrior, mu_q: Tensor, target_bits: int = TARGET_BITS,
                 margin: int = MARGIN, device: torch.device | str = "cpu", power: bool = True,
-                fraction: float = 1.0, draw_bits: int = 16) -> RecStep:
+                fraction: float = 1.0, draw_bits: int = 16, sharpen: float = 1.0) -> RecStep:
     """Send q(z_s | z_t, x) (mean mu_q (n,), float64) by REC; the scoring runs on `device`. `power`: the payload's
     indices use the power pmf with the cheapest alpha (layout `rec-power`), else the flat pmf (layout `rec`).
     `fraction`: the share of the step's KL that the chunk budgets are planned for (f = fraction KL / expected);
     below 1 each chunk carries more KL than its candidates are sized for, and its pick leans toward the prior:
     fewer bits and a sample further from q. `draw_bits`: the width of the candidates' uniforms (16, or 64 as in the
-    first files); 16 draws four times fewer random bits and screens by table."""
+    first files); 16 draws four times fewer random bits and screens by table. `sharpen`: beta of the pick
+    argmin_j log T_j - beta log w_j (1: the Poisson functional representation; above 1 the pick moves from the prior
+    toward q's mean; the decoder does not need it)."""
     check_family(family)
     check_budget(target_bits, margin)
     check_fraction(fraction)
     check_draw_bits(draw_bits)
+    check_sharpen(sharpen)
     kl = kl_bits(family, p, mu_q)
     expected = float(expected_bits(family, p).sum())
-    factor = int(np.clip(np.ceil(fraction * float(kl.sum()) / max(expected, 1e-9) * _FACTOR_UNITS), 1, 2**16 - 1))
+    factor = _factor(kl, expected, fraction)
     starts, bits = plan(family, p, target_bits, factor)
     device = torch.device(device)
-    screen = GaussianScreen(p, mu_q) if family == "gaussian" and device.type == "cpu" and draw_bits == 16 else None
+    screen = GaussianScreen(p, mu_q, sharpen) if family == "gaussian" and device.type == "cpu" and draw_bits == 16 else None
     counts = [1 << int(b + margin) for b in bits]
     if len(mu_q) == 0:  # no elements (an empty checkerboard group): one empty chunk, every candidate the same
         found = [(0, np.zeros((DRAWS[family], 0)))]
@@ -267,7 +301,7 @@ def encode_step(family: str, seed: int, step: int, p: StepPrior, mu_q: Tensor, t
         found = _screened(screen, seed, step, starts, counts)
     else:
         spans = zip(starts[:-1].tolist(), starts[1:].tolist())
-        found = [_select(family, seed, step, c, p.take(slice(a, b)), mu_q[a:b], n, device, draw_bits)
+        found = [_select(family, seed, step, c, p.take(slice(a, b)), mu_q[a:b], n, device, draw_bits, sharpen)
                  for c, ((a, b), n) in enumerate(zip(spans, counts))]
     indices = np.array([j for j, _ in found], np.int64)
     alpha = best_alpha(indices, bits, margin) if power else None

@@ -94,7 +94,8 @@ def normal_table() -> np.ndarray:
 
 
 class GaussianScreen:
-    """log w of Gaussian-family candidates drawn at 16 bits, from their draws k (uint16), on the CPU, for one step.
+    """beta log w of Gaussian-family candidates drawn at 16 bits, from their draws k (uint16), on the CPU, for one
+    step (beta = `sharpen`, the encoder's sharpening of the pick; 1 scores log w itself).
 
     A candidate is z = mu_p + s n with n = ndtri(v), v = (k + 1/2) 2^-16 (`family.candidates`, `rng.unit16`): n is
     read from `normal_table` by k. With d = mu_q - mu_p, log w = sum_i (p2 - p1) s^2 n^2 + 2 p1 s d n + (c - p1 d^2)
@@ -103,22 +104,22 @@ class GaussianScreen:
     screens every candidate with it and scores only the best few exactly.
     """
 
-    def __init__(self, p: StepPrior, mu_q: Tensor) -> None:
+    def __init__(self, p: StepPrior, mu_q: Tensor, sharpen: float = 1.0) -> None:
         p1, p2, _ = coefficients("gaussian", p)
         s = p.gaussian_std()
-        self.quad = ((p2 - p1) * s.square()).numpy()
-        self.lin = (2.0 * p1 * s * (mu_q - p.mu_p)).numpy()
+        self.quad = (sharpen * (p2 - p1) * s.square()).numpy()  # beta log w = sum_i n (quad n + lin) + const
+        self.lin = (sharpen * 2.0 * p1 * s * (mu_q - p.mu_p)).numpy()
         self.quad32, self.lin32 = self.quad.astype(np.float32), self.lin.astype(np.float32)
         self.table = normal_table()
         self.table32 = self.table.astype(np.float32)
 
     def rough(self, k: np.ndarray, cols: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        """Approximate log w (minus each chunk's constant), (N, chunks), of candidate rows k (N, columns) uint16:
+        """Approximate beta log w (minus each chunk's constant), (N, chunks), of candidate rows k (N, columns) uint16:
         column e holds element cols[e], chunk j the columns from offsets[j] to the next offset."""
         n = np.take(self.table32, k)
         return np.add.reduceat(n * (n * self.quad32[cols] + self.lin32[cols]), offsets, axis=1)
 
     def exact(self, k: np.ndarray, cols: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        """log w (minus each chunk's constant), (N, chunks), float64, of candidate rows k as in `rough`."""
+        """beta log w (minus each chunk's constant), (N, chunks), float64, of candidate rows k as in `rough`."""
         n = np.take(self.table, k)
         return np.add.reduceat(n * (n * self.quad[cols] + self.lin[cols]), offsets, axis=1)
