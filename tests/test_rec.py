@@ -33,6 +33,14 @@ FAMILIES = ("uniform", "gaussian")
 CROP = rgb_pixels(KODIM20)[:12, :16]  # 576 sub-pixels: REC of the tiny random model stays fast
 
 
+@pytest.fixture(autouse=True)
+def rec_steps_stay_rec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny random model's priors put much of a step's KL out of its chunks' reach, so the encoder would send
+    its REC steps by UQ (steps.MAX_UNREACHABLE); these tests of the REC paths keep them REC, and
+    test_a_rec_step_out_of_reach_is_sent_by_uq sets the limit itself."""
+    monkeypatch.setattr(steps, "MAX_UNREACHABLE", 1.0)
+
+
 def toy_step(n: int, seed: int = 0) -> tuple[StepPrior, torch.Tensor]:
     """A prior and a posterior mean drawn from that prior (a calibrated model), flat float64."""
     g = torch.Generator().manual_seed(seed)
@@ -274,9 +282,8 @@ def test_a_rec_step_out_of_reach_is_sent_by_uq(tiny_model: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Above MAX_UNREACHABLE the encoder sends the step by UQ (chunk coder `uq`), and the file still decodes exactly."""
     model = model_with_codec_file(tiny_model, tmp_path / "m", {"coder": "rec", "posterior": "gaussian"})
-    monkeypatch.setattr(steps, "MAX_UNREACHABLE", 1.0)  # a share is at most 1: never
     assert [c.coder for c in read_stream(diffcodec.encode(CROP, model=model, seed=3)).chunks[:-1]] == \
-        [CODER_REC_POWER] * TINY_STEPS
+        [CODER_REC_POWER] * TINY_STEPS  # the limit at 1 (rec_steps_stay_rec): a share is at most 1, never above
     monkeypatch.setattr(steps, "MAX_UNREACHABLE", -1.0)  # always
     data = diffcodec.encode(CROP, model=model, seed=3)
     assert [c.coder for c in read_stream(data).chunks[:-1]] == [CODER_UQ] * TINY_STEPS
