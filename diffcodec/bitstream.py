@@ -31,6 +31,8 @@ __all__ = [
     "CODER_CONTEXT",
     "CODER_CONTEXT_SCALED",
     "CODER_REC",
+    "CODER_REC_ESCAPE",
+    "CODER_REC_ESCAPE_GROUPED",
     "CODER_REC_GROUPED",
     "CODER_REC_POWER",
     "CODER_UQ",
@@ -45,7 +47,9 @@ __all__ = [
     "ChunkSpan",
     "Header",
     "Stream",
+    "pack_varints",
     "read_stream",
+    "read_varint",
     "rung_check",
     "write_stream",
 ]
@@ -66,9 +70,12 @@ CODER_CONTEXT_SCALED = 4
 CODER_REC_POWER = 5
 CODER_UQ_GROUPED = 6
 CODER_REC_GROUPED = 7
+CODER_REC_ESCAPE = 8
+CODER_REC_ESCAPE_GROUPED = 9
 CODERS: dict[int, str] = {CODER_UQ: "uq", CODER_REC: "rec", CODER_CONTEXT: "context",
                           CODER_CONTEXT_SCALED: "context-scaled", CODER_REC_POWER: "rec-power",
-                          CODER_UQ_GROUPED: "uq-grouped", CODER_REC_GROUPED: "rec-grouped"}
+                          CODER_UQ_GROUPED: "uq-grouped", CODER_REC_GROUPED: "rec-grouped",
+                          CODER_REC_ESCAPE: "rec-escape", CODER_REC_ESCAPE_GROUPED: "rec-escape-grouped"}
 """Chunk coder ids -> names. Ids are stable and never reused; new coders get new ids."""
 
 MODES: dict[str, int] = {"RGB": 1, "L": 2, "P": 3, "1": 4}
@@ -103,6 +110,32 @@ def rung_check(pixels: bytes | bytearray | memoryview) -> int:
     """The reconstruction check of a rung: CRC32 of its (H, W, 3) uint8 RGB pixels in row-major
     order (`pixels.tobytes()` of a numpy array)."""
     return zlib.crc32(pixels)
+
+
+def pack_varints(values: Sequence[int]) -> bytes:
+    """Unsigned LEB128: each value >= 0 in 7-bit groups, low group first, the high bit set on all but the last."""
+    out = bytearray()
+    for v in values:
+        while v >= 0x80:
+            out.append(v & 0x7F | 0x80)
+            v >>= 7
+        out.append(v)
+    return bytes(out)
+
+
+def read_varint(data: bytes, pos: int, what: str) -> tuple[int, int]:
+    """(value, the position after it) of the LEB128 value at `pos` (BitstreamError naming `what` if it is cut or
+    longer than 64 bits)."""
+    value = 0
+    for shift in range(0, 64, 7):
+        if pos >= len(data):
+            raise BitstreamError(f"{what} is cut: it is corrupt")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+    raise BitstreamError(f"{what} is longer than 64 bits: it is corrupt")
 
 
 def _check_u32(what: str, value: object) -> None:

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 from . import rng
-from .bitstream import CODER_REC_GROUPED, CODER_REC_POWER, CODER_UQ, CODER_UQ_GROUPED
+from .bitstream import (CODER_REC_ESCAPE, CODER_REC_ESCAPE_GROUPED, CODER_REC_GROUPED, CODER_REC_POWER, CODER_UQ,
+                        CODER_UQ_GROUPED)
 from .context import GROUPS, channel_means, context_features, group_mask, read_file, write_file
 from .determinism import one_thread
 from .errors import BitstreamError, ModelError
@@ -48,7 +49,7 @@ MIN_STEP_BITS = 4096
 """The encoder groups a step only when its Gaussian KL under the plain prior is at least this: the framing of a
 grouped step (68 bytes with UQ parts, 128 with REC parts) would eat what the context saves (a fifth to a
 half of the step) on a smaller one."""
-GROUPED = {CODER_UQ: CODER_UQ_GROUPED, CODER_REC_POWER: CODER_REC_GROUPED}
+GROUPED = {CODER_UQ: CODER_UQ_GROUPED, CODER_REC_POWER: CODER_REC_GROUPED, CODER_REC_ESCAPE: CODER_REC_ESCAPE_GROUPED}
 """Coder id of a step's parts -> coder id of the grouped chunk."""
 _PART_CODER = {grouped: part for part, grouped in GROUPED.items()}
 _LENGTH = struct.Struct("<I")
@@ -140,11 +141,6 @@ class GroupedCoder:
                 z_s[0, c][mask] = send_part(part, part_ctx, mask).reshape(-1)
                 part += 1
         return z_s
-
-    def for_step(self, ctx: StepContext, x: Tensor) -> "GroupedCoder":
-        """Grouped parts by the coder `inner` falls back to for this step (see its for_step), else this coder."""
-        inner = self.inner.for_step(ctx, x)
-        return self if inner is self.inner else GroupedCoder(inner, self.net, self.weights_hash)
 
     def send(self, ctx: StepContext, x: Tensor, pool: Executor | None = None) -> SentStep:
         """The parts in order, each part's payload finished before the next part starts; a step of Gaussian KL under

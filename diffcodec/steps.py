@@ -16,16 +16,15 @@ import torch
 from torch import Tensor
 
 from diffcodec import rng
-from diffcodec.bitstream import CODER_REC, CODER_REC_POWER, CODER_UQ, CODERS
+from diffcodec.bitstream import CODER_REC, CODER_REC_ESCAPE, CODER_REC_POWER, CODER_UQ, CODERS, pack_varints, read_varint
 from diffcodec.entropy import decode_symbols, encode_symbols
 from diffcodec.errors import BadInputError, BitstreamError
 from diffcodec.rec import FAMILIES, StepPrior, decode_step, encode_step
-from diffcodec.rec.coder import MARGIN, TARGET_BITS, check_budget, check_fraction, check_sharpen, unreachable_share
+from diffcodec.rec.coder import (MARGIN, TARGET_BITS, MAX_ESCAPE, check_budget, check_escape, check_fraction,
+                               check_sharpen)
 from diffcodec.uqdm import logistic_scale, posterior, step_bits
 
 CODER_CHOICES = ("uq", "rec", "hybrid")
-MAX_UNREACHABLE = 0.1
-"""A REC step with more of its KL than this out of its chunks' reach (rec.coder.unreachable_share) is sent by UQ."""
 
 
 @dataclass(frozen=True)
@@ -100,10 +99,6 @@ class StepCoder(Protocol):
         """The decoder's z_s (1, 3, H, W) from the chunk payload."""
         ...
 
-    def for_step(self, ctx: StepContext, x: Tensor) -> "StepCoder":
-        """The coder the encoder sends this step by: itself, or a fallback where it would do the step badly."""
-        ...
-
 
 def flat(t: Tensor) -> Tensor:
     """t as a flat float32 CPU tensor."""
@@ -121,74 +116,131 @@ def step_coding_model(u: Tensor, sigma_p: Tensor, delta: Tensor) -> tuple[Tensor
     return u.reshape(-1).float(), (logistic_scale(sigma_p) / delta).reshape(-1).float()
 
 
+def dither(ctx: StepContext) -> Tensor:
+    """The step's shared dither u ~ U[-1/2, 1/2) (1, 3, H, W)."""
+    return rng.dither(ctx.seed, ctx.step, tuple(ctx.z_t.shape), ctx.z_t.device)
+
+
+def quantize(ctx: StepContext, mu_q: Tensor, u: Tensor) -> Tensor:
+    """k = round((mu_q - mu_p) / delta + u)."""
+    return torch.round((mu_q - ctx.mu_p) / ctx.delta + u)
+
+
+def dequantize(ctx: StepContext, k: Tensor, u: Tensor) -> Tensor:
+    """z_s = (k - u) delta + mu_p."""
+    return (k - u) * ctx.delta + ctx.mu_p
+
+
 class UQCoder:
     """Universal quantization: k = round((mu_q - mu_p) / delta + u), z_s = (k - u) delta + mu_p."""
 
     coder_id = CODER_UQ
 
-    def _dither(self, ctx: StepContext) -> Tensor:
-        return rng.dither(ctx.seed, ctx.step, tuple(ctx.z_t.shape), ctx.z_t.device)
-
     def send(self, ctx: StepContext, x: Tensor, pool: Executor | None = None) -> SentStep:
         """k and z_s at once; the range coding of k (which z_s does not depend on) runs on `pool` if given."""
         t = time.perf_counter()
-        u = self._dither(ctx)
-        mu_q, _ = posterior(ctx.z_t, x, ctx.gamma_t, ctx.gamma_s)
-        k = torch.round((mu_q - ctx.mu_p) / ctx.delta + u)  # k = round((mu_q - mu_p) / delta + u)
+        u = dither(ctx)
+        k = quantize(ctx, posterior(ctx.z_t, x, ctx.gamma_t, ctx.gamma_s)[0], u)
         symbols, (mean, scale) = flat(k).long().numpy(), step_coding_model(u, ctx.sigma_p, ctx.delta)
         ctx.clock["tables"] += time.perf_counter() - t
         coded = start(pool, lambda: code_symbols(symbols, mean, scale))
-        z_s = (k - u) * ctx.delta + ctx.mu_p
+        z_s = dequantize(ctx, k, u)
         kl = float(step_bits(z_s, ctx.mu_p, ctx.sigma_p, ctx.delta).double().sum())
         return SentStep(coded, z_s, kl, self.coder_id)
-
-    def for_step(self, ctx: StepContext, x: Tensor) -> StepCoder:
-        """UQ sends every step."""
-        return self
 
     def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
         """z_s from the payload. No overlap is possible here: the next network call needs this z_s, and z_s needs
         the decoded symbols."""
-        u = self._dither(ctx)
+        u = dither(ctx)
         k = decode_symbols(payload, *step_coding_model(u, ctx.sigma_p, ctx.delta), clock=ctx.clock)
-        return (torch.from_numpy(k).to(ctx.z_t.device).reshape(ctx.z_t.shape).float() - u) * ctx.delta + ctx.mu_p
+        return dequantize(ctx, torch.from_numpy(k).to(ctx.z_t.device).reshape(ctx.z_t.shape).float(), u)
 
 
 class RecCoder:
     """Chunked shared-seed REC of the uniform or the Gaussian posterior (the family travels in the payload). It
-    writes the `rec-power` layout (indices under a power pmf fitted per step); `power=False` reads the first `rec`
-    layout."""
+    writes the `rec-power` layout (indices under a power pmf fitted per step), or with `escape` the `rec-escape`
+    layout: the chunks rec.coder.out_of_reach at that factor go by UQ (their elements' k under the step's
+    discretized logistic, the dither of `uq`), the rest by REC. `power=False` reads the first `rec` layout."""
 
     def __init__(self, family: str = "uniform", target_bits: int = TARGET_BITS, margin: int = MARGIN,
-                 power: bool = True, fraction: float = 1.0, sharpen: float = 1.0) -> None:
+                 power: bool = True, fraction: float = 1.0, sharpen: float = 1.0, escape: float | None = None) -> None:
         self.family, self.target_bits, self.margin, self.power = family, target_bits, margin, power
         self.fraction = fraction  # encoder only: rec.encode_step's share of the KL the chunks are planned for
         self.sharpen = sharpen  # encoder only: rec.encode_step's beta of the pick
-        self.coder_id = CODER_REC_POWER if power else CODER_REC
+        self.escape = escape  # the factor of out_of_reach (encoder); not None: the rec-escape layout (both sides)
+        self.coder_id = CODER_REC_ESCAPE if escape is not None else CODER_REC_POWER if power else CODER_REC
 
     def send(self, ctx: StepContext, x: Tensor, pool: Executor | None = None) -> SentStep:
-        """Serial whatever `pool`: the payload is the index of the candidate that is z_s, found by the search."""
+        """Serial whatever `pool`: the payload is the index of the candidate that is z_s, found by the search (and
+        the UQ symbols of the chunks it skipped)."""
         t = time.perf_counter()
-        p = ctx.flat_prior()
-        mu_q = _flat64(posterior(ctx.z_t, x, ctx.gamma_t, ctx.gamma_s)[0])
-        sent = encode_step(self.family, ctx.seed, ctx.step, p, mu_q, self.target_bits, self.margin, ctx.z_t.device,
-                           self.power, self.fraction, sharpen=self.sharpen)
+        mu_q = posterior(ctx.z_t, x, ctx.gamma_t, ctx.gamma_s)[0]
+        sent = encode_step(self.family, ctx.seed, ctx.step, ctx.flat_prior(), _flat64(mu_q), self.target_bits,
+                           self.margin, ctx.z_t.device, self.power, self.fraction, sharpen=self.sharpen,
+                           escape=self.escape)
         z_s = sent.z_s.float().reshape(ctx.z_t.shape).to(ctx.z_t.device)
+        payload, bits, kl = sent.payload, sent.bits, sent.kl_bits
+        if self.escape is not None:
+            uq = b""
+            if len(sent.skipped):
+                escaped = torch.isnan(z_s)
+                u = dither(ctx)
+                k = quantize(ctx, mu_q, u)
+                z_uq = dequantize(ctx, k, u)
+                z_s = torch.where(escaped, z_uq, z_s)
+                mean, scale = step_coding_model(u, ctx.sigma_p, ctx.delta)
+                rows = escaped.reshape(-1).to(mean.device)
+                coded = code_symbols(flat(k).long().numpy()[rows.cpu().numpy()], mean[rows], scale[rows])
+                uq, bits = coded.payload, bits + coded.bits
+                kl += float(step_bits(z_uq, ctx.mu_p, ctx.sigma_p, ctx.delta)[escaped].double().sum())
+            head = _escape_head(sent.skipped, len(uq))
+            payload, bits = head + uq + payload, bits + 8 * len(head)
         ctx.clock["rec"] = ctx.clock.get("rec", 0.0) + time.perf_counter() - t
-        return SentStep(start(None, lambda: Coded(sent.payload, sent.bits, {})), z_s, sent.kl_bits, self.coder_id)
-
-    def for_step(self, ctx: StepContext, x: Tensor) -> StepCoder:
-        """UQ for a step with over MAX_UNREACHABLE of its KL out of its chunks' reach under the step's prior
-        (rec.coder.unreachable_share), else this coder."""
-        mu_q = _flat64(posterior(ctx.z_t, x, ctx.gamma_t, ctx.gamma_s)[0])
-        share = unreachable_share(self.family, ctx.flat_prior(), mu_q, self.target_bits, self.margin, self.fraction)
-        return UQCoder() if share > MAX_UNREACHABLE else self
+        return SentStep(start(None, lambda: Coded(payload, bits, {})), z_s, kl, self.coder_id)
 
     def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
         t = time.perf_counter()
-        z_s = decode_step(payload, ctx.seed, ctx.step, ctx.flat_prior(), self.power)
+        skipped, uq = np.zeros(0, np.int64), b""
+        if self.escape is not None:
+            skipped, uq, payload = _read_escape_head(payload)
+        z_s = decode_step(payload, ctx.seed, ctx.step, ctx.flat_prior(), self.power, skipped)
+        z_s = z_s.float().reshape(ctx.z_t.shape).to(ctx.z_t.device)
+        if len(skipped):
+            escaped = torch.isnan(z_s)
+            u = dither(ctx)
+            mean, scale = step_coding_model(u, ctx.sigma_p, ctx.delta)
+            rows = escaped.reshape(-1).to(mean.device)
+            k = torch.zeros(rows.shape, dtype=torch.float32)
+            k[rows.cpu()] = torch.from_numpy(decode_symbols(uq, mean[rows], scale[rows], clock=ctx.clock)).float()
+            z_s = torch.where(escaped, dequantize(ctx, k.reshape(ctx.z_t.shape).to(ctx.z_t.device), u), z_s)
         ctx.clock["rec"] = ctx.clock.get("rec", 0.0) + time.perf_counter() - t
-        return z_s.float().reshape(ctx.z_t.shape).to(ctx.z_t.device)
+        return z_s
+
+
+def _escape_head(skipped: np.ndarray, uq_bytes: int) -> bytes:
+    """The head of a `rec-escape` payload: the count of skipped chunks, the gaps before each (ids ascending), and
+    when there are any the length of the UQ payload that follows, all LEB128."""
+    gaps = np.diff(skipped, prepend=-1) - 1
+    return pack_varints([len(gaps), *gaps.tolist(), *([uq_bytes] if len(gaps) else [])])
+
+
+def _read_escape_head(payload: bytes) -> tuple[np.ndarray, bytes, bytes]:
+    """(the skipped chunks (ascending), the UQ payload, the REC payload) of a `rec-escape` payload."""
+    what = "the skipped chunks of a rec-escape step"
+    count, pos = read_varint(payload, 0, what)
+    if count > len(payload):
+        raise BitstreamError(f"a rec-escape step says it skips {count} chunks in {len(payload)} bytes: it is corrupt")
+    gaps = []
+    for _ in range(count):
+        gap, pos = read_varint(payload, pos, what)
+        gaps.append(gap)
+    size = 0
+    if count:
+        size, pos = read_varint(payload, pos, "the UQ payload length of a rec-escape step")
+    if pos + size > len(payload):
+        raise BitstreamError("a rec-escape step's UQ payload is cut: it is corrupt")
+    skipped = np.cumsum(np.asarray(gaps, np.int64) + 1) - 1
+    return skipped, payload[pos : pos + size], payload[pos + size :]
 
 
 @dataclass(frozen=True)
@@ -196,8 +248,8 @@ class Coding:
     """How an encoder sends a file's steps: `coder` "uq", "rec" or "hybrid" (REC for the first `rec_steps`, default
     T // 2, then UQ); REC sends the `posterior` family in chunks of about `rec_bits` bits with 2^(bits + `rec_margin`)
     candidates each, planned for `rec_fraction` of the step's KL and picked with sharpening `rec_sharpen`
-    (rec.encode_step). A model's codec.json may hold
-    these as its defaults; a file records its choice per chunk."""
+    (rec.encode_step), the chunks out of reach at `rec_escape` (rec.coder.out_of_reach) sent by UQ where it is not
+    None (RecCoder). A model's codec.json may hold these as its defaults; a file records its choice per chunk."""
 
     coder: str = "uq"
     rec_steps: int | None = None
@@ -206,13 +258,16 @@ class Coding:
     rec_margin: int = MARGIN
     rec_fraction: float = 1.0
     rec_sharpen: float = 1.0
+    rec_escape: float | None = None
 
     def override(self, coder: str | None = None, rec_steps: int | None = None, posterior: str | None = None,
                  rec_bits: int | None = None) -> "Coding":
         """This coding with the caller's choices. A caller who names the coder gets the built-in rec_steps and
-        posterior unless named too; rec_bits, rec_margin, rec_fraction and rec_sharpen stay this coding's unless named."""
+        posterior unless named too; rec_bits, rec_margin, rec_fraction, rec_sharpen and rec_escape stay this coding's
+        unless named."""
         base = self if coder is None else replace(Coding(coder), rec_bits=self.rec_bits, rec_margin=self.rec_margin,
-                                                  rec_fraction=self.rec_fraction, rec_sharpen=self.rec_sharpen)
+                                                  rec_fraction=self.rec_fraction, rec_sharpen=self.rec_sharpen,
+                                                  rec_escape=self.rec_escape)
         return replace(base, rec_steps=base.rec_steps if rec_steps is None else rec_steps,
                        posterior=base.posterior if posterior is None else posterior,
                        rec_bits=base.rec_bits if rec_bits is None else rec_bits)
@@ -225,16 +280,16 @@ class Coding:
     def coders(self, steps: int) -> list[StepCoder]:
         """The coder of each of the T steps (BadInputError for a choice that makes no sense)."""
         return step_coders(steps, self.coder, self.rec_steps, self.posterior, self.rec_bits, self.rec_margin,
-                           self.rec_fraction, self.rec_sharpen)
+                           self.rec_fraction, self.rec_sharpen, self.rec_escape)
 
 
 def step_coders(steps: int, coder: str = "uq", rec_steps: int | None = None, posterior_family: str = "uniform",
                 rec_bits: int = TARGET_BITS, rec_margin: int = MARGIN, rec_fraction: float = 1.0,
-                rec_sharpen: float = 1.0) -> list[StepCoder]:
+                rec_sharpen: float = 1.0, rec_escape: float | None = None) -> list[StepCoder]:
     """The coder of each of the T steps: all "uq", all "rec", or "hybrid" (the first `rec_steps` by REC, default
     T // 2, the rest by UQ). REC sends `posterior_family` ("uniform" or "gaussian") in chunks of ~`rec_bits` bits,
     2^(bits + `rec_margin`) candidates a chunk, planned for `rec_fraction` of the step's KL, picked with sharpening
-    `rec_sharpen` (rec.encode_step)."""
+    `rec_sharpen` (rec.encode_step), the chunks out of reach at `rec_escape` by UQ unless it is None (RecCoder)."""
     if coder not in CODER_CHOICES:
         raise BadInputError(f"unknown coder {coder!r}: choose one of {', '.join(CODER_CHOICES)}")
     if posterior_family not in FAMILIES:
@@ -248,8 +303,10 @@ def step_coders(steps: int, coder: str = "uq", rec_steps: int | None = None, pos
     check_budget(rec_bits, rec_margin)
     check_fraction(rec_fraction)
     check_sharpen(rec_sharpen)
+    check_escape(rec_escape)
     n_rec = {"uq": 0, "rec": steps, "hybrid": steps // 2 if rec_steps is None else rec_steps}[coder]
-    rec = RecCoder(posterior_family, rec_bits, rec_margin, fraction=rec_fraction, sharpen=rec_sharpen)
+    rec = RecCoder(posterior_family, rec_bits, rec_margin, fraction=rec_fraction, sharpen=rec_sharpen,
+                   escape=rec_escape)
     return [rec if i < n_rec else UQCoder() for i in range(steps)]
 
 
@@ -259,4 +316,6 @@ def receiver(coder_id: int, chunk: int) -> StepCoder:
         return UQCoder()
     if coder_id in (CODER_REC, CODER_REC_POWER):
         return RecCoder(power=coder_id == CODER_REC_POWER)
+    if coder_id == CODER_REC_ESCAPE:
+        return RecCoder(escape=MAX_ESCAPE)  # the decoder reads the skipped chunks; the factor was the encoder's
     raise BitstreamError(f"chunk {chunk}: coder {CODERS.get(coder_id, coder_id)!r} cannot send a diffusion step")

@@ -23,7 +23,9 @@ from diffcodec.bitstream import (
     Chunk,
     ChunkSpan,
     Header,
+    pack_varints,
     read_stream,
+    read_varint,
     write_stream,
 )
 from diffcodec.errors import BadInputError, BitstreamError
@@ -206,8 +208,8 @@ def test_crc_chain_catches_reordered_and_spliced_chunks() -> None:
 
 def test_unknown_coder_id_is_named() -> None:
     data = write_stream(rgb_header(), [Chunk(CODER_UQ, b"x", check=0)])
-    data += raw_chunk(8, b"from the future", last_crc(data))
-    with pytest.raises(BitstreamError, match="chunk 1: unknown coder id 8"):
+    data += raw_chunk(99, b"from the future", last_crc(data))
+    with pytest.raises(BitstreamError, match="chunk 1: unknown coder id 99"):
         read_stream(data)
 
 
@@ -290,7 +292,7 @@ def test_longest_name_and_palette_fit() -> None:
 
 @pytest.mark.parametrize(
     ("coder", "payload", "check"),
-    [(0, b"", 0), (8, b"", 0), (CODER_UQ, bytearray(b"x"), 0), (CODER_UQ, b"", -1), (CODER_UQ, b"", 2**32)],
+    [(0, b"", 0), (99, b"", 0), (CODER_UQ, bytearray(b"x"), 0), (CODER_UQ, b"", -1), (CODER_UQ, b"", 2**32)],
 )
 def test_invalid_chunk_is_refused(coder: int, payload: bytes, check: int) -> None:
     with pytest.raises(BadInputError):
@@ -354,3 +356,18 @@ def test_docs_examples_run() -> None:
     assert blocks
     for block in blocks:
         exec(compile(block, "docs/format.md", "exec"), {})
+
+
+def test_varints_round_trip_and_a_cut_one_is_an_error() -> None:
+    values = [0, 1, 127, 128, 300, 2**32, 2**63]
+    data = pack_varints(values)
+    assert len(pack_varints([0])) == 1 and len(pack_varints([128])) == 2
+    pos, got = 0, []
+    for _ in values:
+        v, pos = read_varint(data, pos, "a test value")
+        got.append(v)
+    assert got == values and pos == len(data)
+    with pytest.raises(BitstreamError, match="a test value is cut"):
+        read_varint(pack_varints([300])[:1], 0, "a test value")
+    with pytest.raises(BitstreamError, match="longer than 64 bits"):
+        read_varint(b"\xff" * 10, 0, "a test value")

@@ -17,7 +17,8 @@ import diffcodec
 from conftest import KODIM20, TINY_STEPS, rgb_pixels
 from test_cli import cli, ok, strict_json
 from diffcodec import codec, steps
-from diffcodec.bitstream import CODER_REC, CODER_REC_POWER, CODER_UQ, read_stream
+from diffcodec.bitstream import (CODER_REC, CODER_REC_ESCAPE, CODER_REC_ESCAPE_GROUPED, CODER_REC_POWER, CODER_UQ,
+                                 read_stream)
 from diffcodec.entropy.index import ALPHA_CHOICES, best_alpha, decode_indices, encode_indices, index_bits
 from diffcodec.errors import BadInputError, BitstreamError, ModelError
 from diffcodec import rng
@@ -31,14 +32,6 @@ from diffcodec.zoo import CODEC_FILE
 
 FAMILIES = ("uniform", "gaussian")
 CROP = rgb_pixels(KODIM20)[:12, :16]  # 576 sub-pixels: REC of the tiny random model stays fast
-
-
-@pytest.fixture(autouse=True)
-def rec_steps_stay_rec(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The tiny random model's priors put much of a step's KL out of its chunks' reach, so the encoder would send
-    its REC steps by UQ (steps.MAX_UNREACHABLE); these tests of the REC paths keep them REC, and
-    test_a_rec_step_out_of_reach_is_sent_by_uq sets the limit itself."""
-    monkeypatch.setattr(steps, "MAX_UNREACHABLE", 1.0)
 
 
 def toy_step(n: int, seed: int = 0) -> tuple[StepPrior, torch.Tensor]:
@@ -163,14 +156,15 @@ def test_screened_step_search_is_the_same_on_any_threads(workers: int, search: s
     p, mu_q = toy_step(3000, seed=4)
     screen = GaussianScreen(p, mu_q)
     starts = np.array([0, 3, 50, 51, 400, 420, 1500, 3000])
-    counts = [64, 512, 32, 512, 64, 256, 512]
+    counts = dict(enumerate([64, 512, 32, 512, 64, 256, 512]))
     found = _screened(screen, 5, 2, starts, counts)
     monkeypatch.setattr(coder, "SEARCH_WORKERS", workers)
     again = _screened(screen, 5, 2, starts, counts)
-    assert [j for j, _ in found] == [j for j, _ in again]
-    assert all(np.array_equal(r, s) for (_, r), (_, s) in zip(found, again))
-    z = _regenerate("gaussian", 5, 2, p, starts, np.array([j for j, _ in found]), 16)
-    from_rows = candidates("gaussian", p, torch.from_numpy(np.concatenate([r for _, r in found], 1)))
+    assert list(found) == list(again) == list(counts)
+    assert [j for j, _ in found.values()] == [j for j, _ in again.values()]
+    assert all(np.array_equal(r, s) for (_, r), (_, s) in zip(found.values(), again.values()))
+    z = _regenerate("gaussian", 5, 2, p, starts, {c: j for c, (j, _) in found.items()}, 16)
+    from_rows = candidates("gaussian", p, torch.from_numpy(np.concatenate([r for _, r in found.values()], 1)))
     assert torch.equal(z, from_rows)
 
 
@@ -263,31 +257,64 @@ def test_a_sharpened_pick_lies_nearer_q_and_still_decodes() -> None:
             encode_step("gaussian", 5, 0, p, mu_q, sharpen=bad)
 
 
-def test_unreachable_share_finds_a_prior_far_too_sure() -> None:
-    """A calibrated prior leaves no chunk far past its candidates' reach; a run of confident elements with an edge the
-    prior missed makes long chunks whose KL no candidate reaches."""
-    p, mu_q = toy_step(3000, seed=7)
-    assert coder.unreachable_share("gaussian", p, mu_q, 8, 3) < 0.02
+def prior_far_too_sure(seed: int) -> tuple[StepPrior, torch.Tensor]:
+    """A toy step whose prior is sure of elements 1000-1999 and wrong about 100 of them (an edge it missed)."""
+    p, mu_q = toy_step(3000, seed=seed)
     sure = p.sigma_p.clone()
-    sure[1000:2000] = 1e-3  # the prior is sure of these ...
-    edge = mu_q.clone()
-    edge[1500:1600] = p.mu_p[1500:1600] + 0.5  # ... and wrong about 100 of them
+    sure[1000:2000] = 1e-3
     wrong = StepPrior(p.mu_p, sure, p.delta)
-    edge[1000:1500], edge[1600:2000] = wrong.mu_p[1000:1500], wrong.mu_p[1600:2000]
-    assert coder.unreachable_share("gaussian", wrong, edge, 8, 3) > 0.4
-    assert coder.unreachable_share("gaussian", toy_step(0)[0], toy_step(0)[1], 8, 3) == 0.0
+    edge = mu_q.clone()
+    edge[1000:2000] = wrong.mu_p[1000:2000]
+    edge[1500:1600] += 0.5
+    return wrong, edge
 
 
-def test_a_rec_step_out_of_reach_is_sent_by_uq(tiny_model: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Above MAX_UNREACHABLE the encoder sends the step by UQ (chunk coder `uq`), and the file still decodes exactly."""
-    model = model_with_codec_file(tiny_model, tmp_path / "m", {"coder": "rec", "posterior": "gaussian"})
-    assert [c.coder for c in read_stream(diffcodec.encode(CROP, model=model, seed=3)).chunks[:-1]] == \
-        [CODER_REC_POWER] * TINY_STEPS  # the limit at 1 (rec_steps_stay_rec): a share is at most 1, never above
-    monkeypatch.setattr(steps, "MAX_UNREACHABLE", -1.0)  # always
+def test_out_of_reach_finds_a_prior_far_too_sure() -> None:
+    """A calibrated prior leaves no chunk far past its candidates' reach; a run of confident elements with an edge the
+    prior missed makes a long chunk whose KL no candidate reaches, and `escape` skips just that: its elements are NaN
+    on both sides, the other chunks go by REC as before."""
+    p, mu_q = toy_step(3000, seed=7)
+    assert len(encode_step("gaussian", 5, 0, p, mu_q, 8, 3, escape=4.0).skipped) == 0
+    wrong, edge = prior_far_too_sure(7)
+    sent = encode_step("gaussian", 5, 0, wrong, edge, 8, 3, escape=4.0)
+    assert len(sent.skipped) >= 1
+    lost = torch.isnan(sent.z_s)
+    assert lost[1500:1600].all() and not lost[:900].any() and not lost[2100:].any()  # a chunk may reach past the run
+    assert torch.equal(decode_step(sent.payload, 5, 0, wrong, skipped=sent.skipped).nan_to_num(7.0),
+                       sent.z_s.nan_to_num(7.0))
+    plain = encode_step("gaussian", 5, 0, wrong, edge, 8, 3)
+    assert len(plain.skipped) == 0 and plain.chunks == sent.chunks + len(sent.skipped)
+    assert sent.kl_bits < plain.kl_bits - 100  # the skipped chunks' KL is not REC's
+    with pytest.raises(BitstreamError, match="skips chunk"):
+        decode_step(sent.payload, 5, 0, wrong, skipped=np.array([plain.chunks]))
+    for bad in (0.0, -1.0, 65.0, float("nan"), True):
+        with pytest.raises(BadInputError, match="rec_escape"):
+            encode_step("gaussian", 5, 0, p, mu_q, escape=bad)
+
+
+def test_rec_escape_files_send_skipped_chunks_by_uq_and_decode_exactly(tiny_model: Path, tmp_path: Path) -> None:
+    """codec.json's rec_escape makes REC steps `rec-escape` chunks; at a small factor the tiny random model's steps
+    skip chunks, which go by UQ, and the file decodes exactly, every rung checked against the encoder's."""
+    model = model_with_codec_file(tiny_model, tmp_path / "m", {"coder": "rec", "posterior": "gaussian", "rec_escape": 0.5})
     data = diffcodec.encode(CROP, model=model, seed=3)
-    assert [c.coder for c in read_stream(data).chunks[:-1]] == [CODER_UQ] * TINY_STEPS
-    assert (diffcodec.decode(data, model=tiny_model) == CROP).all()
+    chunks = read_stream(data).chunks[:-1]
+    assert [c.coder for c in chunks] == [CODER_REC_ESCAPE] * TINY_STEPS
+    assert sum(steps._read_escape_head(c.payload)[0].size for c in chunks) > 0
+    assert np.array_equal(diffcodec.decode_rungs(data, model=tiny_model)[-1].pixels, CROP)
+    plain = diffcodec.encode(CROP, model=model_with_codec_file(tiny_model, tmp_path / "p", {
+        "coder": "rec", "posterior": "gaussian"}), seed=3)
+    assert [c.coder for c in read_stream(plain).chunks[:-1]] == [CODER_REC_POWER] * TINY_STEPS
+
+
+def test_a_cut_rec_escape_head_is_a_bitstream_error() -> None:
+    """The head of a rec-escape payload (skipped chunks, UQ length) is checked before anything is decoded."""
+    wrong, edge = prior_far_too_sure(8)
+    head = steps._escape_head(np.array([2, 3, 9]), 300)
+    skipped, uq, rest = steps._read_escape_head(head + bytes(300) + b"rec")
+    assert skipped.tolist() == [2, 3, 9] and len(uq) == 300 and rest == b"rec"
+    for cut in (head[:1], head[:-1], head + bytes(299), b"\xff" * 11):
+        with pytest.raises(BitstreamError):
+            steps._read_escape_head(cut)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -12,10 +12,13 @@ as q once a chunk has far more than 2^KL candidates; with 2^(b + margin) it lean
 chunk of KL b bits spreads over several bits either side of b), and beta > 1 offsets that lean;
 the indices are entropy-coded (entropy/index.py). The decoder skips to row j* of the same uniforms and rebuilds
 the candidate; the encoder keeps that row's uniforms from its search, and both sides turn uniforms into z_s by the
-one function `_candidates_of`, so they hold bit-identical values.
+one function `_sample`, so they hold bit-identical values.
 The encoder's work is at most 2^(target_bits + margin) candidates per chunk: a lone element of KL above
 target_bits gets that many, and its sample is then only approximately from q (the file stays decodable and its
 last rung exact).
+An encoder may skip chunks (`escape`: those whose KL is over escape x (b_c + margin) bits, out of their candidates'
+reach, where the prior is far too sure); it sends their elements another way (steps.RecCoder: by UQ) and says which
+they are, and both sides leave them NaN in z_s.
 
 Payload: u8 posterior family (FAMILY_IDS, plus NARROW_DRAWS for 16-bit uniforms), u8 target_bits, u8 margin, u16 f * 256 (little-endian), in the power
 layout (chunk coder `rec-power`) a u8 alpha, then the index words (u32 little-endian), coded under the flat pmf (the
@@ -46,7 +49,7 @@ MAX_MARGIN = 4  # a chunk's index table has at most 2^(16 + 4) entries
 MAX_CHUNK_ELEMENTS = 4096
 MAX_FRACTION = 4.0
 MAX_SHARPEN = 8.0
-REACH = 4  # a chunk with over REACH (b + margin) bits of KL is out of its candidates' reach (`unreachable_share`)
+MAX_ESCAPE = 64.0
 FAMILY_IDS = {"uniform": 1, "gaussian": 2}
 """Posterior family -> the id in a REC payload's first byte (stable ids)."""
 _FAMILY_NAMES = {i: name for name, i in FAMILY_IDS.items()}
@@ -67,10 +70,11 @@ class RecStep:
 
     payload: bytes
     bits: float  # information content of the indices (plus the 5 prefix bytes' 40 bits)
-    z_s: Tensor  # (n,) float64: the decoder's sample
+    z_s: Tensor  # (n,) float64: the decoder's sample; NaN in the skipped chunks
     chunks: int
     expected_bits: float  # the decoder-predicted KL of the step (sum of expected_bits, before the factor f)
-    kl_bits: float  # the step's KL(q || p)
+    kl_bits: float  # KL(q || p) of the chunks sent by REC
+    skipped: np.ndarray  # (k,) int64: the chunks left out (ascending), whose elements are NaN in z_s
 
 
 def check_fraction(fraction: float) -> None:
@@ -83,6 +87,13 @@ def check_sharpen(sharpen: float) -> None:
     """BadInputError unless 1 <= sharpen <= MAX_SHARPEN."""
     if isinstance(sharpen, bool) or not (isinstance(sharpen, (int, float)) and 1.0 <= sharpen <= MAX_SHARPEN):
         raise BadInputError(f"REC needs 1 <= rec_sharpen <= {MAX_SHARPEN:g}, got {sharpen!r}")
+
+
+def check_escape(escape: float | None) -> None:
+    """BadInputError unless escape is None (skip no chunk) or 0 < escape <= MAX_ESCAPE."""
+    if escape is not None and (isinstance(escape, bool) or not (isinstance(escape, (int, float))
+                                                                and 0.0 < escape <= MAX_ESCAPE)):
+        raise BadInputError(f"REC needs 0 < rec_escape <= {MAX_ESCAPE:g} (or none), got {escape!r}")
 
 
 def check_draw_bits(bits: int) -> None:
@@ -197,13 +208,14 @@ def _numpy_search(screen: GaussianScreen, draws: list[np.random.BitGenerator], c
 
 
 def _screened(screen: GaussianScreen, seed: int, step: int, starts: np.ndarray,
-              counts: list[int]) -> list[tuple[int, np.ndarray]]:
-    """(j*, uniforms) of every chunk of a Gaussian step on the CPU, drawn at 16 bits: chunks of one candidate count go in batches of
+              counts: dict[int, int]) -> dict[int, tuple[int, np.ndarray]]:
+    """(j*, uniforms) of each chunk c of a Gaussian step with counts[c] candidates (ascending c), on the CPU,
+    drawn at 16 bits: chunks of one candidate count go in batches of
     up to _BATCH_VALUES draws (`_screened_batch`), the batches on SEARCH_WORKERS threads (the kernel's calls, and
     numpy's draws and table reads, release the GIL); the threads change no j*."""
     by_count: dict[int, list[tuple[int, int, int]]] = {}
-    for c, (n, a, b) in enumerate(zip(counts, starts[:-1].tolist(), starts[1:].tolist())):
-        by_count.setdefault(n, []).append((c, a, b))
+    for c, n in counts.items():
+        by_count.setdefault(n, []).append((c, int(starts[c]), int(starts[c + 1])))
     batches: list[tuple[int, list[tuple[int, int, int]]]] = []  # (count, its chunks in order)
     sizes: list[int] = []  # draws of each batch
     for n, chunks in by_count.items():
@@ -215,7 +227,7 @@ def _screened(screen: GaussianScreen, seed: int, step: int, starts: np.ndarray,
             batches[-1][1].append(chunk)
             sizes[-1] += draws
     work = np.asarray(sizes, np.float64)
-    found: list[tuple[int, np.ndarray]] = [(0, np.zeros((1, 0)))] * len(counts)
+    found: dict[int, tuple[int, np.ndarray]] = {}
 
     def run(part: range) -> None:
         for n, chunks in (batches[i] for i in part):
@@ -224,7 +236,7 @@ def _screened(screen: GaussianScreen, seed: int, step: int, starts: np.ndarray,
 
     with ThreadPoolExecutor(SEARCH_WORKERS) as pool:
         list(pool.map(run, _balanced(work, SEARCH_WORKERS)))  # list(): raises what a worker raised
-    return found
+    return dict(sorted(found.items()))
 
 
 def _balanced(work: np.ndarray, parts: int) -> list[range]:
@@ -234,22 +246,30 @@ def _balanced(work: np.ndarray, parts: int) -> list[range]:
     return [range(a, b) for a, b in zip(ends[:-1], ends[1:])]
 
 
-def _candidates_of(family: str, p: StepPrior, rows: list[np.ndarray]) -> Tensor:
-    """z_s (n,) from each chunk's chosen row of uniforms (d, m), through `candidates`."""
-    return candidates(family, p, torch.from_numpy(np.concatenate(rows, axis=1)))
+def _sample(family: str, p: StepPrior, starts: np.ndarray, rows: dict[int, np.ndarray]) -> Tensor:
+    """z_s (n,) from the chosen row of uniforms (d, m) of each chunk in `rows`, through `candidates` (the one
+    function both sides use, so they hold bit-identical values); NaN in the chunks not in `rows`."""
+    v = np.zeros((DRAWS[family], int(starts[-1])))
+    for c, row in rows.items():
+        v[:, starts[c] : starts[c + 1]] = row
+    z_s = candidates(family, p, torch.from_numpy(v))
+    for c in np.setdiff1d(np.arange(len(starts) - 1), list(rows)).tolist():
+        z_s[starts[c] : starts[c + 1]] = torch.nan
+    return z_s
 
 
-def _regenerate(family: str, seed: int, step: int, p: StepPrior, starts: np.ndarray, indices: np.ndarray,
+def _regenerate(family: str, seed: int, step: int, p: StepPrior, starts: np.ndarray, indices: dict[int, int],
                 bits: int) -> Tensor:
-    """z_s (n,) from each chunk's chosen index: row j of the chunk's shared draws at `bits` bits."""
+    """z_s (n,) from the chosen index j of each chunk in `indices`: row j of the chunk's shared draws at `bits` bits;
+    NaN in the other chunks."""
     d = DRAWS[family]
-    rows = []
-    for c, j in enumerate(indices.tolist()):
+    rows = {}
+    for c, j in indices.items():
         m = int(starts[c + 1] - starts[c])
         draws = rng.chunk_generator(seed, rng.REC_CANDIDATES, step, c).bit_generator
         draws.advance(j * rng.draw_words(d * m, bits))
-        rows.append(_rows(draws, 1, d, m, bits)[0])
-    return _candidates_of(family, p, rows)
+        rows[c] = _rows(draws, 1, d, m, bits)[0]
+    return _sample(family, p, starts, rows)
 
 
 def _factor(kl: Tensor, expected: float, fraction: float) -> int:
@@ -257,24 +277,19 @@ def _factor(kl: Tensor, expected: float, fraction: float) -> int:
     return int(np.clip(np.ceil(fraction * float(kl.sum()) / max(expected, 1e-9) * _FACTOR_UNITS), 1, 2**16 - 1))
 
 
-def unreachable_share(family: str, p: StepPrior, mu_q: Tensor, target_bits: int = TARGET_BITS,
-                      margin: int = MARGIN, fraction: float = 1.0) -> float:
-    """The share of the step's KL(q || p) that lies in chunks holding more than REACH times the b_c + margin bits
-    their 2^(b_c + margin) candidates can reach, for the chunks `encode_step` would plan. Where the prior is far
-    too sure (an edge inside a long chunk of confident elements), such a chunk's pick stays near the prior
-    whatever the sharpening, and that part of the step is lost; a step with much of its KL there is better sent by
-    UQ, whose cost follows the prior's error without a cap."""
-    kl = kl_bits(family, p, mu_q)
-    if len(kl) == 0:
-        return 0.0
-    starts, bits = plan(family, p, target_bits, _factor(kl, float(expected_bits(family, p).sum()), fraction))
-    kl_c = np.add.reduceat(kl.numpy(), starts[:-1])  # each chunk's KL in bits
-    return float(kl_c[kl_c > REACH * (bits + margin)].sum() / max(float(kl_c.sum()), 1e-9))
+def out_of_reach(kl_c: np.ndarray, bits: np.ndarray, margin: int, escape: float | None) -> np.ndarray:
+    """The chunks (ascending int64) whose KL `kl_c` is over escape x (b_c + margin) bits: their 2^(b_c + margin)
+    candidates cannot reach q, and the pick stays near the prior whatever the sharpening (an edge inside a long
+    run of elements the prior is far too sure of); none for escape None."""
+    if escape is None:
+        return np.zeros(0, np.int64)
+    return np.flatnonzero(kl_c > escape * (bits + margin))
 
 
 def encode_step(family: str, seed: int, step: int, p: StepPrior, mu_q: Tensor, target_bits: int = TARGET_BITS,
                 margin: int = MARGIN, device: torch.device | str = "cpu", power: bool = True,
-                fraction: float = 1.0, draw_bits: int = 16, sharpen: float = 1.0) -> RecStep:
+                fraction: float = 1.0, draw_bits: int = 16, sharpen: float = 1.0,
+                escape: float | None = None) -> RecStep:
     """Send q(z_s | z_t, x) (mean mu_q (n,), float64) by REC; the scoring runs on `device`. `power`: the payload's
     indices use the power pmf with the cheapest alpha (layout `rec-power`), else the flat pmf (layout `rec`).
     `fraction`: the share of the step's KL that the chunk budgets are planned for (f = fraction KL / expected);
@@ -282,39 +297,46 @@ def encode_step(family: str, seed: int, step: int, p: StepPrior, mu_q: Tensor, t
     fewer bits and a sample further from q. `draw_bits`: the width of the candidates' uniforms (16, or 64 as in the
     first files); 16 draws four times fewer random bits and screens by table. `sharpen`: beta of the pick
     argmin_j log T_j - beta log w_j (1: the Poisson functional representation; above 1 the pick moves from the prior
-    toward q's mean; the decoder does not need it)."""
+    toward q's mean; the decoder does not need it). `escape`: skip the chunks `out_of_reach` at this factor (the
+    caller sends their elements and tells the decoder `skipped`)."""
     check_family(family)
     check_budget(target_bits, margin)
     check_fraction(fraction)
     check_draw_bits(draw_bits)
     check_sharpen(sharpen)
+    check_escape(escape)
     kl = kl_bits(family, p, mu_q)
     expected = float(expected_bits(family, p).sum())
     factor = _factor(kl, expected, fraction)
     starts, bits = plan(family, p, target_bits, factor)
+    kl_c = np.add.reduceat(kl.numpy(), starts[:-1]) if len(kl) else np.zeros(1)  # each chunk's KL in bits
+    skipped = out_of_reach(kl_c, bits, margin, escape)
     device = torch.device(device)
     screen = GaussianScreen(p, mu_q, sharpen) if family == "gaussian" and device.type == "cpu" and draw_bits == 16 else None
-    counts = [1 << int(b + margin) for b in bits]
+    sent = np.setdiff1d(np.arange(len(bits)), skipped)
+    counts = {c: 1 << int(bits[c] + margin) for c in sent.tolist()}
     if len(mu_q) == 0:  # no elements (an empty checkerboard group): one empty chunk, every candidate the same
-        found = [(0, np.zeros((DRAWS[family], 0)))]
+        found = {0: (0, np.zeros((DRAWS[family], 0)))}
     elif screen is not None:
         found = _screened(screen, seed, step, starts, counts)
     else:
-        spans = zip(starts[:-1].tolist(), starts[1:].tolist())
-        found = [_select(family, seed, step, c, p.take(slice(a, b)), mu_q[a:b], n, device, draw_bits, sharpen)
-                 for c, ((a, b), n) in enumerate(zip(spans, counts))]
-    indices = np.array([j for j, _ in found], np.int64)
-    alpha = best_alpha(indices, bits, margin) if power else None
-    words, info = encode_indices(indices, bits, margin, alpha)
-    z_s = _candidates_of(family, p, [row for _, row in found])  # the rows the decoder's _regenerate draws
+        found = {c: _select(family, seed, step, c, p.take(slice(starts[c], starts[c + 1])),
+                            mu_q[starts[c] : starts[c + 1]], n, device, draw_bits, sharpen)
+                 for c, n in counts.items()}
+    indices = np.array([found[c][0] for c in sent.tolist()], np.int64)
+    alpha = best_alpha(indices, bits[sent], margin) if power else None
+    words, info = encode_indices(indices, bits[sent], margin, alpha)
+    z_s = _sample(family, p, starts, {c: row for c, (_, row) in found.items()})  # what the decoder's _regenerate draws
     family_id = FAMILY_IDS[family] + (NARROW_DRAWS if draw_bits == 16 else 0)
     prefix = _PREFIX.pack(family_id, target_bits, margin, factor) + (b"" if alpha is None else bytes([alpha]))
-    return RecStep(prefix + words, info + 8 * len(prefix), z_s, len(indices), expected, float(kl.sum()))
+    return RecStep(prefix + words, info + 8 * len(prefix), z_s, len(sent), expected, float(kl_c[sent].sum()),
+                   skipped)
 
 
-def decode_step(payload: bytes, seed: int, step: int, p: StepPrior, power: bool = True) -> Tensor:
+def decode_step(payload: bytes, seed: int, step: int, p: StepPrior, power: bool = True,
+                skipped: np.ndarray | None = None) -> Tensor:
     """The decoder's z_s (n,) float64 from a REC step payload (the family and the draws' width are read from it) in the power
-    layout (`power`) or the flat one."""
+    layout (`power`) or the flat one; NaN in the chunks `skipped` (ascending ids the encoder left out; none if None)."""
     size = _PREFIX.size + power
     if len(payload) < size:
         raise BitstreamError(f"REC step payload of {len(payload)} bytes is cut inside its {size}-byte prefix")
@@ -327,5 +349,9 @@ def decode_step(payload: bytes, seed: int, step: int, p: StepPrior, power: bool 
         raise BitstreamError("REC step payload has an invalid (family, target_bits, margin, factor) prefix: it is corrupt")
     family = _FAMILY_NAMES[family_id]
     starts, bits = plan(family, p, target_bits, factor)
-    indices = decode_indices(payload[size:], bits, margin, alpha)
-    return _regenerate(family, seed, step, p, starts, indices, draw_bits)
+    skipped = np.zeros(0, np.int64) if skipped is None else skipped
+    if len(skipped) and skipped[-1] >= len(bits):
+        raise BitstreamError(f"REC step skips chunk {int(skipped[-1])} of {len(bits)}: it is corrupt")
+    sent = np.setdiff1d(np.arange(len(bits)), skipped)
+    indices = decode_indices(payload[size:], bits[sent], margin, alpha)
+    return _regenerate(family, seed, step, p, starts, dict(zip(sent.tolist(), indices.tolist())), draw_bits)
