@@ -16,10 +16,11 @@ import torch
 from torch import Tensor
 
 from diffcodec import rng
-from diffcodec.bitstream import CODER_REC, CODER_REC_ESCAPE, CODER_REC_POWER, CODER_UQ, CODERS, pack_varints, read_varint
+from diffcodec.bitstream import CODER_REC, CODER_REC_ESCAPE, CODER_REC_POWER, CODER_UQ, CODERS
 from diffcodec.entropy import decode_symbols, encode_symbols
 from diffcodec.errors import BadInputError, BitstreamError
 from diffcodec.rec import FAMILIES, StepPrior, decode_step, encode_step
+from diffcodec.rec.coder import with_skips, without_skips
 from diffcodec.rec.coder import (MARGIN, TARGET_BITS, MAX_ESCAPE, check_budget, check_escape, check_fraction,
                                check_sharpen)
 from diffcodec.uqdm import logistic_scale, posterior, step_bits
@@ -180,32 +181,27 @@ class RecCoder:
                            escape=self.escape)
         z_s = sent.z_s.float().reshape(ctx.z_t.shape).to(ctx.z_t.device)
         payload, bits, kl = sent.payload, sent.bits, sent.kl_bits
-        if self.escape is not None:
-            uq = b""
-            if len(sent.skipped):
-                escaped = torch.isnan(z_s)
-                u = dither(ctx)
-                k = quantize(ctx, mu_q, u)
-                z_uq = dequantize(ctx, k, u)
-                z_s = torch.where(escaped, z_uq, z_s)
-                mean, scale = step_coding_model(u, ctx.sigma_p, ctx.delta)
-                rows = escaped.reshape(-1).to(mean.device)
-                coded = code_symbols(flat(k).long().numpy()[rows.cpu().numpy()], mean[rows], scale[rows])
-                uq, bits = coded.payload, bits + coded.bits
-                kl += float(step_bits(z_uq, ctx.mu_p, ctx.sigma_p, ctx.delta)[escaped].double().sum())
-            head = _escape_head(sent.skipped, len(uq))
-            payload, bits = head + uq + payload, bits + 8 * len(head)
+        if len(sent.skipped):
+            escaped = torch.isnan(z_s)
+            u = dither(ctx)
+            k = quantize(ctx, mu_q, u)
+            z_uq = dequantize(ctx, k, u)
+            z_s = torch.where(escaped, z_uq, z_s)
+            mean, scale = step_coding_model(u, ctx.sigma_p, ctx.delta)
+            rows = escaped.reshape(-1).to(mean.device)
+            uq = code_symbols(flat(k).long().numpy()[rows.cpu().numpy()], mean[rows], scale[rows])
+            payload = with_skips(sent.payload, self.power, sent.skipped, uq.payload)
+            bits += uq.bits + 8 * (len(payload) - len(sent.payload) - len(uq.payload))  # + the head's bytes
+            kl += float(step_bits(z_uq, ctx.mu_p, ctx.sigma_p, ctx.delta)[escaped].double().sum())
         ctx.clock["rec"] = ctx.clock.get("rec", 0.0) + time.perf_counter() - t
         return SentStep(start(None, lambda: Coded(payload, bits, {})), z_s, kl, self.coder_id)
 
     def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
         t = time.perf_counter()
-        skipped, uq = np.zeros(0, np.int64), b""
-        if self.escape is not None:
-            skipped, uq, payload = _read_escape_head(payload)
+        skipped, uq, payload = without_skips(payload, self.power) if self.escape is not None else (None, b"", payload)
         z_s = decode_step(payload, ctx.seed, ctx.step, ctx.flat_prior(), self.power, skipped)
         z_s = z_s.float().reshape(ctx.z_t.shape).to(ctx.z_t.device)
-        if len(skipped):
+        if skipped is not None and len(skipped):
             escaped = torch.isnan(z_s)
             u = dither(ctx)
             mean, scale = step_coding_model(u, ctx.sigma_p, ctx.delta)
@@ -215,32 +211,6 @@ class RecCoder:
             z_s = torch.where(escaped, dequantize(ctx, k.reshape(ctx.z_t.shape).to(ctx.z_t.device), u), z_s)
         ctx.clock["rec"] = ctx.clock.get("rec", 0.0) + time.perf_counter() - t
         return z_s
-
-
-def _escape_head(skipped: np.ndarray, uq_bytes: int) -> bytes:
-    """The head of a `rec-escape` payload: the count of skipped chunks, the gaps before each (ids ascending), and
-    when there are any the length of the UQ payload that follows, all LEB128."""
-    gaps = np.diff(skipped, prepend=-1) - 1
-    return pack_varints([len(gaps), *gaps.tolist(), *([uq_bytes] if len(gaps) else [])])
-
-
-def _read_escape_head(payload: bytes) -> tuple[np.ndarray, bytes, bytes]:
-    """(the skipped chunks (ascending), the UQ payload, the REC payload) of a `rec-escape` payload."""
-    what = "the skipped chunks of a rec-escape step"
-    count, pos = read_varint(payload, 0, what)
-    if count > len(payload):
-        raise BitstreamError(f"a rec-escape step says it skips {count} chunks in {len(payload)} bytes: it is corrupt")
-    gaps = []
-    for _ in range(count):
-        gap, pos = read_varint(payload, pos, what)
-        gaps.append(gap)
-    size = 0
-    if count:
-        size, pos = read_varint(payload, pos, "the UQ payload length of a rec-escape step")
-    if pos + size > len(payload):
-        raise BitstreamError("a rec-escape step's UQ payload is cut: it is corrupt")
-    skipped = np.cumsum(np.asarray(gaps, np.int64) + 1) - 1
-    return skipped, payload[pos : pos + size], payload[pos + size :]
 
 
 @dataclass(frozen=True)

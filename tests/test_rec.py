@@ -299,22 +299,31 @@ def test_rec_escape_files_send_skipped_chunks_by_uq_and_decode_exactly(tiny_mode
     data = diffcodec.encode(CROP, model=model, seed=3)
     chunks = read_stream(data).chunks[:-1]
     assert [c.coder for c in chunks] == [CODER_REC_ESCAPE] * TINY_STEPS
-    assert sum(steps._read_escape_head(c.payload)[0].size for c in chunks) > 0
+    assert sum(coder.without_skips(c.payload, True)[0].size for c in chunks) > 0
     assert np.array_equal(diffcodec.decode_rungs(data, model=tiny_model)[-1].pixels, CROP)
     plain = diffcodec.encode(CROP, model=model_with_codec_file(tiny_model, tmp_path / "p", {
         "coder": "rec", "posterior": "gaussian"}), seed=3)
     assert [c.coder for c in read_stream(plain).chunks[:-1]] == [CODER_REC_POWER] * TINY_STEPS
 
 
-def test_a_cut_rec_escape_head_is_a_bitstream_error() -> None:
-    """The head of a rec-escape payload (skipped chunks, UQ length) is checked before anything is decoded."""
+def test_skipped_chunks_travel_after_the_prefix_and_cost_nothing_when_none() -> None:
+    """`with_skips` flags the family byte and puts the skipped chunks and the side payload after the prefix;
+    `without_skips` gives back what went in, a step with no skipped chunk pays no byte for the layout, and a cut or
+    a flagged payload read as plain REC is an error."""
     wrong, edge = prior_far_too_sure(8)
-    head = steps._escape_head(np.array([2, 3, 9]), 300)
-    skipped, uq, rest = steps._read_escape_head(head + bytes(300) + b"rec")
-    assert skipped.tolist() == [2, 3, 9] and len(uq) == 300 and rest == b"rec"
-    for cut in (head[:1], head[:-1], head + bytes(299), b"\xff" * 11):
+    sent = encode_step("gaussian", 5, 0, wrong, edge, 8, 3, escape=4.0)
+    assert len(sent.skipped) > 0
+    side = bytes(range(200))
+    payload = coder.with_skips(sent.payload, True, sent.skipped, side)
+    skipped, got, rest = coder.without_skips(payload, True)
+    assert skipped.tolist() == sent.skipped.tolist() and got == side and rest == sent.payload
+    assert coder.with_skips(sent.payload, True, np.zeros(0, np.int64), b"") == sent.payload
+    assert coder.without_skips(sent.payload, True)[0].size == 0
+    for cut in (payload[:7], payload[:6 + 3]):
         with pytest.raises(BitstreamError):
-            steps._read_escape_head(cut)
+            coder.without_skips(cut, True)
+    with pytest.raises(BitstreamError, match="invalid"):
+        decode_step(payload, 5, 0, wrong)  # a rec-power reader does not take skipped chunks
 
 
 @pytest.mark.parametrize("family", FAMILIES)

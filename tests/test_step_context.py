@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -12,8 +13,9 @@ from typer.testing import CliRunner
 
 import diffcodec
 from diffcodec import step_context as sc
-from diffcodec.bitstream import (CODER_REC_GROUPED, CODER_REC_POWER, CODER_UQ, CODER_UQ_GROUPED, Chunk, read_stream,
-                                 write_stream)
+from diffcodec.rec.coder import without_skips
+from diffcodec.bitstream import (CODER_REC_ESCAPE, CODER_REC_ESCAPE_GROUPED, CODER_UQ, CODER_UQ_GROUPED, Chunk,
+                                 read_stream, write_stream)
 from diffcodec.cli import app
 from diffcodec.errors import BadInputError, BitstreamError, ModelError
 from diffcodec.train.step_context import StepContextOptions, train_step_context
@@ -21,9 +23,9 @@ from diffcodec.zoo import load_model
 
 from conftest import KODIM01, KODIM15, copy_default, rgb_pixels
 
-STEPS = 5  # the default model's codec.json: all five steps by Gaussian REC
-GROUPED_IDS = {None: [CODER_REC_GROUPED] * 5, 4: [CODER_REC_GROUPED] * 4 + [CODER_UQ_GROUPED]}  # by rec_steps
-PLAIN_IDS = {None: [CODER_REC_POWER] * 5, 4: [CODER_REC_POWER] * 4 + [CODER_UQ]}
+STEPS = 5  # the default model's codec.json: all five steps by Gaussian REC, chunks out of reach by UQ (rec_escape)
+GROUPED_IDS = {None: [CODER_REC_ESCAPE_GROUPED] * 5, 4: [CODER_REC_ESCAPE_GROUPED] * 4 + [CODER_UQ_GROUPED]}
+PLAIN_IDS = {None: [CODER_REC_ESCAPE] * 5, 4: [CODER_REC_ESCAPE] * 4 + [CODER_UQ]}  # by rec_steps
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +59,43 @@ def test_grouped_steps_decode_exactly(grouped_model: Path, always_grouped: None,
     pixels = np.ascontiguousarray(rgb_pixels(KODIM15)[3:64, 5:52])  # 61 x 47: groups of unequal size
     coding = {} if rec_steps is None else {"coder": "hybrid", "rec_steps": rec_steps, "posterior": "gaussian"}
     data = diffcodec.encode(pixels, model=grouped_model, seed=3, **coding)
-    assert [c.coder for c in read_stream(data).chunks[:STEPS]] == [CODER_REC_POWER] * 2 + GROUPED_IDS[rec_steps][2:]
+    assert [c.coder for c in read_stream(data).chunks[:STEPS]] == [CODER_REC_ESCAPE] * 2 + GROUPED_IDS[rec_steps][2:]
     rungs = diffcodec.decode_rungs(data, model=grouped_model)  # every rung is checked against the encoder's
     assert np.array_equal(rungs[-1].pixels, pixels)
     plain = diffcodec.encode(pixels, model=grouped_model, seed=3, context=False, **coding)
     assert [c.coder for c in read_stream(plain).chunks[:STEPS]] == PLAIN_IDS[rec_steps]
 
 
+def skipped_chunks(payload: bytes) -> int:
+    """How many chunks the parts of a `rec-escape-grouped` payload sent by UQ."""
+    pos, count = sc.HASH_SIZE, 0
+    for _ in range(sc.PARTS):
+        n = int.from_bytes(payload[pos : pos + 4], "little")
+        count += without_skips(payload[pos + 4 : pos + 4 + n], True)[0].size
+        pos += 4 + n
+    return count
+
+
+def test_grouped_steps_with_chunks_sent_by_uq_decode_exactly(grouped_model: Path, always_grouped: None,
+                                                              tmp_path: Path) -> None:
+    """At a small rec_escape many chunks of the grouped parts go by UQ; every rung still decodes as the encoder saw it."""
+    folder = tmp_path / "m"
+    shutil.copytree(grouped_model, folder)
+    coding = json.loads((folder / "codec.json").read_text())
+    (folder / "codec.json").write_text(json.dumps({**coding, "rec_escape": 0.25}))
+    pixels = np.ascontiguousarray(rgb_pixels(KODIM15)[3:64, 5:52])
+    data = diffcodec.encode(pixels, model=folder, seed=3)
+    chunks = read_stream(data).chunks[:STEPS]
+    assert [c.coder for c in chunks] == [CODER_REC_ESCAPE] * 2 + GROUPED_IDS[None][2:]
+    assert all(skipped_chunks(c.payload) > 0 for c in chunks[2:])
+    assert np.array_equal(diffcodec.decode_rungs(data, model=folder)[-1].pixels, pixels)
+    assert data != diffcodec.encode(pixels, model=grouped_model, seed=3)
+
+
 def test_a_one_row_image_with_empty_groups_decodes_exactly(grouped_model: Path, always_grouped: None) -> None:
     pixels = np.ascontiguousarray(rgb_pixels(KODIM15)[:1, :200])  # groups of odd rows are empty
     data = diffcodec.encode(pixels, model=grouped_model, seed=3)
-    assert [c.coder for c in read_stream(data).chunks[:STEPS]] == [CODER_REC_POWER] * 2 + GROUPED_IDS[None][2:]
+    assert [c.coder for c in read_stream(data).chunks[:STEPS]] == [CODER_REC_ESCAPE] * 2 + GROUPED_IDS[None][2:]
     assert np.array_equal(diffcodec.decode(data, model=grouped_model), pixels)
 
 

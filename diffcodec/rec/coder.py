@@ -17,12 +17,14 @@ The encoder's work is at most 2^(target_bits + margin) candidates per chunk: a l
 target_bits gets that many, and its sample is then only approximately from q (the file stays decodable and its
 last rung exact).
 An encoder may skip chunks (`escape`: those whose KL is over escape x (b_c + margin) bits, out of their candidates'
-reach, where the prior is far too sure); it sends their elements another way (steps.RecCoder: by UQ) and says which
-they are, and both sides leave them NaN in z_s.
+reach, where the prior is far too sure); the caller sends their elements another way (steps.RecCoder: by UQ, in a
+side payload) and `with_skips` records which they are; both sides leave them NaN in z_s.
 
-Payload: u8 posterior family (FAMILY_IDS, plus NARROW_DRAWS for 16-bit uniforms), u8 target_bits, u8 margin, u16 f * 256 (little-endian), in the power
-layout (chunk coder `rec-power`) a u8 alpha, then the index words (u32 little-endian), coded under the flat pmf (the
-first layout, chunk coder `rec`) or the power pmf of exponent alpha / 64 (entropy/index.py).
+Payload: u8 posterior family (FAMILY_IDS, plus NARROW_DRAWS for 16-bit uniforms, plus SKIPS when chunks were
+skipped), u8 target_bits, u8 margin, u16 f * 256 (little-endian), in the power layout (chunk coder `rec-power`) a u8
+alpha, then with SKIPS the skipped chunks and the side payload (`with_skips`), then the index words (u32
+little-endian), coded under the flat pmf (the first layout, chunk coder `rec`) or the power pmf of exponent
+alpha / 64 (entropy/index.py).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 from torch import Tensor
 
 from diffcodec import rng
+from diffcodec.bitstream import pack_varints, read_varint
 from diffcodec.entropy.index import best_alpha, decode_indices, encode_indices
 from diffcodec.errors import BadInputError, BitstreamError
 from diffcodec.rec import native
@@ -55,6 +58,9 @@ FAMILY_IDS = {"uniform": 1, "gaussian": 2}
 _FAMILY_NAMES = {i: name for name, i in FAMILY_IDS.items()}
 NARROW_DRAWS = 0x80
 """Added to the family id when the candidates' uniforms are drawn at 16 bits (else at 64)."""
+SKIPS = 0x40
+"""Added to the family id when the encoder skipped chunks: their ids and a side payload follow the prefix
+(`with_skips`; the `rec-escape` layout)."""
 _PREFIX = struct.Struct("<BBBH")
 _FACTOR_UNITS = 256  # f is sent in 1/256 steps
 _COST_UNITS = 256  # expected bits are rounded to 1/256 bit before the greedy split: integer sums are exact
@@ -331,6 +337,40 @@ def encode_step(family: str, seed: int, step: int, p: StepPrior, mu_q: Tensor, t
     prefix = _PREFIX.pack(family_id, target_bits, margin, factor) + (b"" if alpha is None else bytes([alpha]))
     return RecStep(prefix + words, info + 8 * len(prefix), z_s, len(sent), expected, float(kl_c[sent].sum()),
                    skipped)
+
+
+def with_skips(payload: bytes, power: bool, skipped: np.ndarray, side: bytes) -> bytes:
+    """`encode_step`'s payload (power layout or not) for a step whose skipped chunks (ascending ids) `side` sends:
+    the family byte gets SKIPS, and after the prefix come, in LEB128, the count E, the gap before each skipped chunk
+    (c_1, then c_k - c_(k-1) - 1) and len(side), then side. With none skipped, the payload as it is."""
+    if not len(skipped):
+        return payload
+    size = _PREFIX.size + power
+    gaps = np.diff(skipped, prepend=-1) - 1
+    head = pack_varints([len(gaps), *gaps.tolist(), len(side)])
+    return bytes([payload[0] | SKIPS]) + payload[1:size] + head + side + payload[size:]
+
+
+def without_skips(payload: bytes, power: bool) -> tuple[np.ndarray, bytes, bytes]:
+    """(the skipped chunks, the side payload, the payload for `decode_step`) of a payload `with_skips` made; none
+    skipped and no side payload where the family byte has no SKIPS."""
+    size = _PREFIX.size + power
+    if len(payload) < size or not payload[0] & SKIPS:
+        return np.zeros(0, np.int64), b"", payload
+    what = "the skipped chunks of a REC step"
+    count, pos = read_varint(payload, size, what)
+    if count > len(payload):
+        raise BitstreamError(f"a REC step says it skips {count} chunks in {len(payload)} bytes: it is corrupt")
+    gaps = []
+    for _ in range(count):
+        gap, pos = read_varint(payload, pos, what)
+        gaps.append(gap)
+    length, pos = read_varint(payload, pos, "the side payload length of a REC step")
+    if pos + length > len(payload):
+        raise BitstreamError("the side payload of a REC step is cut: it is corrupt")
+    skipped = np.cumsum(np.asarray(gaps, np.int64) + 1) - 1
+    rest = bytes([payload[0] & ~SKIPS]) + payload[1:size] + payload[pos + length :]
+    return skipped, payload[pos : pos + length], rest
 
 
 def decode_step(payload: bytes, seed: int, step: int, p: StepPrior, power: bool = True,
