@@ -20,9 +20,8 @@ from diffcodec.bitstream import CODER_REC, CODER_REC_ESCAPE, CODER_REC_POWER, CO
 from diffcodec.entropy import decode_symbols, encode_symbols
 from diffcodec.errors import BadInputError, BitstreamError
 from diffcodec.rec import FAMILIES, StepPrior, decode_step, encode_step
-from diffcodec.rec.coder import with_skips, without_skips
-from diffcodec.rec.coder import (MARGIN, TARGET_BITS, MAX_ESCAPE, check_budget, check_escape, check_fraction,
-                               check_sharpen)
+from diffcodec.rec.coder import (MARGIN, MAX_ESCAPE, TARGET_BITS, check_budget, check_escape, check_fraction,
+                                 check_sharpen, with_skips, without_skips)
 from diffcodec.uqdm import logistic_scale, posterior, step_bits
 
 CODER_CHOICES = ("uq", "rec", "hybrid")
@@ -132,6 +131,14 @@ def dequantize(ctx: StepContext, k: Tensor, u: Tensor) -> Tensor:
     return (k - u) * ctx.delta + ctx.mu_p
 
 
+def _coding_model_at(ctx: StepContext, u: Tensor, where: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(the flat mask of `where` (1, 3, H, W) on the tables' device, then `step_coding_model`'s mean and scale of
+    those elements)."""
+    mean, scale = step_coding_model(u, ctx.sigma_p, ctx.delta)
+    rows = where.reshape(-1).to(mean.device)
+    return rows, mean[rows], scale[rows]
+
+
 class UQCoder:
     """Universal quantization: k = round((mu_q - mu_p) / delta + u), z_s = (k - u) delta + mu_p."""
 
@@ -187,9 +194,8 @@ class RecCoder:
             k = quantize(ctx, mu_q, u)
             z_uq = dequantize(ctx, k, u)
             z_s = torch.where(escaped, z_uq, z_s)
-            mean, scale = step_coding_model(u, ctx.sigma_p, ctx.delta)
-            rows = escaped.reshape(-1).to(mean.device)
-            uq = code_symbols(flat(k).long().numpy()[rows.cpu().numpy()], mean[rows], scale[rows])
+            rows, mean, scale = _coding_model_at(ctx, u, escaped)
+            uq = code_symbols(flat(k).long().numpy()[rows.cpu().numpy()], mean, scale)
             payload = with_skips(sent.payload, self.power, sent.skipped, uq.payload)
             bits += uq.bits + 8 * (len(payload) - len(sent.payload) - len(uq.payload))  # + the head's bytes
             kl += float(step_bits(z_uq, ctx.mu_p, ctx.sigma_p, ctx.delta)[escaped].double().sum())
@@ -204,10 +210,9 @@ class RecCoder:
         if skipped is not None and len(skipped):
             escaped = torch.isnan(z_s)
             u = dither(ctx)
-            mean, scale = step_coding_model(u, ctx.sigma_p, ctx.delta)
-            rows = escaped.reshape(-1).to(mean.device)
+            rows, mean, scale = _coding_model_at(ctx, u, escaped)
             k = torch.zeros(rows.shape, dtype=torch.float32)
-            k[rows.cpu()] = torch.from_numpy(decode_symbols(uq, mean[rows], scale[rows], clock=ctx.clock)).float()
+            k[rows.cpu()] = torch.from_numpy(decode_symbols(uq, mean, scale, clock=ctx.clock)).float()
             z_s = torch.where(escaped, dequantize(ctx, k.reshape(ctx.z_t.shape).to(ctx.z_t.device), u), z_s)
         ctx.clock["rec"] = ctx.clock.get("rec", 0.0) + time.perf_counter() - t
         return z_s
