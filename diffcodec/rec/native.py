@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 SOURCE = Path(__file__).with_name("search.c")
 FLAGS = ["-O3", "-ffp-contract=off", "-fPIC", "-shared"]
-MAX_COLUMNS = 4096  # the longest chunk the kernel's row buffers hold (coder.MAX_CHUNK_ELEMENTS)
 
 
 def cache_dir() -> Path:
@@ -97,7 +96,7 @@ def search(screen: GaussianScreen, draws: list[np.random.PCG64], cols: np.ndarra
     its columns are offsets[k] .. offsets[k + 1] - 1, column e scores element cols[e] by `screen`, and log_t (count,
     chunks) holds the arrival times."""
     fn = _kernel()
-    if fn is None or np.diff(offsets).max(initial=0) > MAX_COLUMNS:
+    if fn is None:
         return None
     chunks, count = len(offsets) - 1, log_t.shape[0]
     streams = np.array([stream_words(d) for d in draws], np.uint64).reshape(chunks, 4)

@@ -5,10 +5,10 @@ draws are the next ceil(m / 4) raw outputs of the chunk's PCG64 stream (numpy's 
 before each XSL-RR output), its 16-bit lanes least significant first (rng.lanes16). With n_e = table[k_e], the
 row's key is log_t[j, c] - sum_e n_e (n_e quad_e + lin_e) (score.GaussianScreen.exact); the row of the smallest
 key wins (the first on ties). Nothing is written per candidate: the draws are made, read and summed in one pass,
-LANES rows at a time from jumps ahead in the stream, so the CPU overlaps their multiplications.
+LANES rows at a time from jumps ahead in the stream, so the CPU overlaps their multiplications; a lane keeps only
+the stream state of its best row, and the winner's draws are made again from it at the end.
 */
 #include <stdint.h>
-#include <string.h>
 
 typedef unsigned __int128 u128;
 
@@ -43,14 +43,13 @@ void rec_search(int64_t chunks, const uint64_t *streams, const int64_t *offsets,
                 uint16_t *best_k) {
     /* streams: 4 words per chunk: state high, state low, increment high, increment low. log_t: (count, chunks).
        Lane r takes rows r per .. (r + 1) per - 1 of the chunk, per = ceil(count / LANES). */
-    static _Thread_local uint16_t row[LANES][4096], kept[LANES][4096]; /* native.MAX_COLUMNS */
     int64_t per = (count + LANES - 1) / LANES;
     for (int64_t c = 0; c < chunks; c++) {
         u128 inc = ((u128)streams[4 * c + 2] << 64) | streams[4 * c + 3];
         u128 start = ((u128)streams[4 * c] << 64) | streams[4 * c + 1];
         int64_t a = offsets[c], m = offsets[c + 1] - a, words = (m + 3) / 4;
         const double *q = quad + a, *l = lin + a;
-        u128 state[LANES];
+        u128 state[LANES], row_start[LANES], kept[LANES];
         double best[LANES];
         int64_t won[LANES];
         for (int r = 0; r < LANES; r++) {
@@ -60,6 +59,7 @@ void rec_search(int64_t chunks, const uint64_t *streams, const int64_t *offsets,
         }
         for (int64_t t = 0; t < per; t++) {
             double sum[LANES] = {0.0};
+            for (int r = 0; r < LANES; r++) row_start[r] = state[r];
             for (int64_t w = 0; w < words; w++) {
                 uint64_t raw[LANES];
                 for (int r = 0; r < LANES; r++) raw[r] = pcg64_next(&state[r], inc);
@@ -68,7 +68,6 @@ void rec_search(int64_t chunks, const uint64_t *streams, const int64_t *offsets,
                         uint16_t k = (uint16_t)(raw[r] & 0xFFFF);
                         double n = table[k];
                         raw[r] >>= 16;
-                        row[r][e] = k;
                         sum[r] += n * (n * q[e] + l[e]);
                     }
                 }
@@ -80,7 +79,7 @@ void rec_search(int64_t chunks, const uint64_t *streams, const int64_t *offsets,
                 if (won[r] < 0 || key < best[r]) { /* the first row of the lane on ties */
                     best[r] = key;
                     won[r] = j;
-                    memcpy(kept[r], row[r], (size_t)m * sizeof(uint16_t));
+                    kept[r] = row_start[r];
                 }
             }
         }
@@ -88,6 +87,11 @@ void rec_search(int64_t chunks, const uint64_t *streams, const int64_t *offsets,
         for (int r = 1; r < LANES; r++)
             if (won[r] >= 0 && best[r] < best[w]) w = r;
         best_j[c] = won[w];
-        memcpy(best_k + a, kept[w], (size_t)m * sizeof(uint16_t));
+        u128 again = kept[w];
+        for (int64_t w4 = 0; w4 < words; w4++) {
+            uint64_t raw = pcg64_next(&again, inc);
+            for (int64_t e = 4 * w4, end = e + 4 < m ? e + 4 : m; e < end; e++, raw >>= 16)
+                best_k[a + e] = (uint16_t)(raw & 0xFFFF);
+        }
     }
 }
