@@ -310,8 +310,7 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
         header = replace(header, check=rung_check(ladder.unrefined().tobytes()))
         coded, coder_ids, checks, kls, psnrs = [], [], [], [], [psnr(ladder.reconstruct("denoise"), src.pixels)]
         for step_coder in coders:
-            ctx = ladder.step_context(step_coder)
-            sent = step_coder.send(ctx, x, pool)
+            sent = step_coder.send(ladder.step_context(step_coder), x, pool)
             coded.append(sent.coded)
             coder_ids.append(sent.coder_id)
             kls.append(sent.kl_bits)

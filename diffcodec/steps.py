@@ -198,7 +198,7 @@ class RecCoder:
             uq = code_symbols(flat(k).long().numpy()[rows.cpu().numpy()], mean, scale)
             payload = with_skips(sent.payload, self.power, sent.skipped, uq.payload)
             bits += uq.bits + 8 * (len(payload) - len(sent.payload) - len(uq.payload))  # + the head's bytes
-            kl += float(step_bits(z_uq, ctx.mu_p, ctx.sigma_p, ctx.delta)[escaped].double().sum())
+            kl += float(step_bits(z_uq[escaped], ctx.mu_p[escaped], ctx.sigma_p[escaped], ctx.delta).double().sum())
         ctx.clock["rec"] = ctx.clock.get("rec", 0.0) + time.perf_counter() - t
         return SentStep(start(None, lambda: Coded(payload, bits, {})), z_s, kl, self.coder_id)
 

@@ -17,8 +17,7 @@ import diffcodec
 from conftest import KODIM20, TINY_STEPS, rgb_pixels
 from test_cli import cli, ok, strict_json
 from diffcodec import codec, steps
-from diffcodec.bitstream import (CODER_REC, CODER_REC_ESCAPE, CODER_REC_ESCAPE_GROUPED, CODER_REC_POWER, CODER_UQ,
-                                 read_stream)
+from diffcodec.bitstream import CODER_REC, CODER_REC_ESCAPE, CODER_REC_POWER, CODER_UQ, read_stream
 from diffcodec.entropy.index import ALPHA_CHOICES, best_alpha, decode_indices, encode_indices, index_bits
 from diffcodec.errors import BadInputError, BitstreamError, ModelError
 from diffcodec import rng
