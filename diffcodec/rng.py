@@ -80,3 +80,62 @@ def normal(seed: int, purpose: int, step: int, shape: tuple[int, ...], device: t
     """eps ~ N(0, I)^shape (float32) for the given purpose and step."""
     eps = _generator(seed, purpose, step).standard_normal(int(np.prod(shape)), dtype=np.float32)
     return torch.from_numpy(eps.reshape(shape)).to(device)
+
+
+_POOL_SIZE = 4  # numpy's SeedSequence: pool words and hash constants (numpy/random/bit_generator.pyx)
+_INIT_A, _MULT_A, _INIT_B, _MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
+_MIX_MULT_L, _MIX_MULT_R = 0xCA01F9DD, 0x4973F715
+_PCG_MULT = (0x2360ED051FC65DA4 << 64) | 0x4385DF649FCCF645
+_MASK64 = (1 << 64) - 1
+
+
+def _words32(n: int) -> list[int]:
+    """A non-negative int as SeedSequence reads it: its 32-bit words, least significant first ([0] for 0)."""
+    words = [n & 0xFFFFFFFF]
+    while n >> 32:
+        n >>= 32
+        words.append(n & 0xFFFFFFFF)
+    return words
+
+
+def chunk_streams(seed: int, purpose: int, step: int, chunks: np.ndarray) -> np.ndarray:
+    """The PCG64 streams of `chunk_generator(seed, purpose, step, c)` for every c of `chunks` (ints < 2^32), side by
+    side: (len(chunks), 4) uint64 words, state high and low, increment high and low (what `Generator.bit_generator
+    .state` holds). numpy's SeedSequence hash and PCG64 seeding, vectorised over the last entropy word."""
+    u32 = np.uint32
+    columns = [np.full(len(chunks), w, u32) for w in _words32(seed) + _words32(purpose) + _words32(step)]
+    entropy = [*columns, np.asarray(chunks, np.int64).astype(u32)]
+    hash_a = [_INIT_A]
+
+    def hashmix(value: np.ndarray) -> np.ndarray:  # value ^= h; h *= MULT_A; value *= h; value ^= value >> 16
+        value = value ^ u32(hash_a[0])
+        hash_a[0] = hash_a[0] * _MULT_A & 0xFFFFFFFF
+        value = value * u32(hash_a[0])
+        return value ^ (value >> u32(16))
+
+    def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:  # (L x - R y) ^ (that >> 16)
+        r = x * u32(_MIX_MULT_L) - y * u32(_MIX_MULT_R)
+        return r ^ (r >> u32(16))
+
+    with np.errstate(over="ignore"):
+        pool = [hashmix(entropy[i]) for i in range(_POOL_SIZE)]  # the entropy has at least four words
+        for src in range(_POOL_SIZE):
+            for dst in range(_POOL_SIZE):
+                if src != dst:
+                    pool[dst] = mix(pool[dst], hashmix(pool[src]))
+        for extra in entropy[_POOL_SIZE:]:
+            for dst in range(_POOL_SIZE):
+                pool[dst] = mix(pool[dst], hashmix(extra))
+        words, hash_b = [], _INIT_B  # generate_state(4, uint64): eight 32-bit words from the pool in turn
+        for i in range(8):
+            value = pool[i % _POOL_SIZE] ^ u32(hash_b)
+            hash_b = hash_b * _MULT_B & 0xFFFFFFFF
+            value = value * u32(hash_b)
+            words.append((value ^ (value >> u32(16))).astype(np.uint64))
+    s = [words[2 * i] | (words[2 * i + 1] << np.uint64(32)) for i in range(4)]  # little-endian pairs
+    out = np.empty((len(chunks), 4), np.uint64)
+    for row, (s0, s1, s2, s3) in enumerate(zip(*(w.tolist() for w in s))):
+        init_state, inc = (s0 << 64) | s1, ((((s2 << 64) | s3) << 1) | 1) & ((1 << 128) - 1)
+        state = ((inc + init_state) * _PCG_MULT + inc) & ((1 << 128) - 1)  # srandom: 0 -> step, + init, step
+        out[row] = (state >> 64, state & _MASK64, inc >> 64, inc & _MASK64)
+    return out

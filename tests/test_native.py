@@ -16,8 +16,8 @@ from diffcodec.rec.score import GaussianScreen
 
 def search_one_chunk(m: int) -> tuple[np.ndarray, np.ndarray] | None:
     """`native.search` of one chunk of m elements, 2 candidates."""
-    draws = [rng.chunk_generator(0, rng.REC_CANDIDATES, 0, 0).bit_generator]
-    return native.search(GaussianScreen(*toy_step(m)), draws, np.arange(m), np.array([0, m]), np.zeros((2, 1)))
+    streams = rng.chunk_streams(0, rng.REC_CANDIDATES, 0, np.array([0]))
+    return native.search(GaussianScreen(*toy_step(m)), streams, np.arange(m), np.array([0, m]), np.zeros((2, 1)))
 
 
 @pytest.fixture

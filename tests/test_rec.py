@@ -77,6 +77,19 @@ def test_raw_draws_give_the_generators_doubles() -> None:
     assert np.array_equal(rng.unit_doubles(a.bit_generator.random_raw(1000)), b.random(1000))
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2**32 - 1, 2**32, 2**63 - 1])
+def test_chunk_streams_are_the_generators_streams(seed: int) -> None:
+    """rng.chunk_streams (numpy's seeding, vectorised) gives each chunk's PCG64 state and increment exactly, for seeds
+    of one and two 32-bit words, plain and grouped step ids, and chunk ids up to 2^32 - 1."""
+    chunks = np.concatenate([np.arange(40), [2**20, 2**31, 2**32 - 1]])
+    for purpose, step in [(rng.REC_CANDIDATES, 0), (rng.REC_TIMES, 4), (rng.REC_CANDIDATES, rng.part_step(3, 11))]:
+        words = []
+        for c in chunks.tolist():
+            state = rng.chunk_generator(seed, purpose, step, c).bit_generator.state["state"]
+            words.append([state["state"] >> 64, state["state"] & (2**64 - 1), state["inc"] >> 64, state["inc"] & (2**64 - 1)])
+        assert rng.chunk_streams(seed, purpose, step, chunks).tolist() == words
+
+
 def test_16_bit_draws_are_the_lanes_of_the_raw_draws() -> None:
     raw = np.array([0x0004_0003_0002_0001, 0xFFFF_0000_8000_7FFF], np.uint64)
     assert rng.lanes16(raw).tolist() == [1, 2, 3, 4, 0x7FFF, 0x8000, 0, 0xFFFF]

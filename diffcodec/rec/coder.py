@@ -66,7 +66,8 @@ _FACTOR_UNITS = 256  # f is sent in 1/256 steps
 _COST_UNITS = 256  # expected bits are rounded to 1/256 bit before the greedy split: integer sums are exact
 _BLOCK_VALUES = 1 << 22  # uniforms per candidate block: bounds the encoder's memory
 SHORTLIST = 8  # screened candidates of a block that are scored exactly
-_BATCH_VALUES = 1 << 18  # draws of a batch of small chunks searched side by side
+_BATCH_VALUES = 1 << 18  # draws of a batch of small chunks searched side by side by numpy (bounds its memory)
+_KERNEL_BATCH_VALUES = 1 << 24  # the same for the kernel, which keeps no draws: fewer, larger calls
 SEARCH_WORKERS = 2  # threads of the encoder's candidate search
 
 
@@ -173,13 +174,17 @@ def _screened_batch(screen: GaussianScreen, seed: int, step: int, chunks: list[t
     ms = [b - a for _, a, b in chunks]
     offsets = np.cumsum([0, *ms])  # chunk k's columns: offsets[k] .. offsets[k + 1] - 1
     cols = np.concatenate([np.arange(a, b) for _, a, b in chunks])  # the element of each column
-    draws = [rng.chunk_generator(seed, rng.REC_CANDIDATES, step, c).bit_generator for c, _, _ in chunks]
+    ids = [c for c, _, _ in chunks]
     # the arrival times are the encoder's own: chunk k's are column k of the stream of the batch's first chunk (for
     # a lone chunk the stream `_select` reads)
-    times = rng.chunk_generator(seed, rng.REC_TIMES, step, chunks[0][0]).standard_exponential((count, len(chunks)))
+    times = rng.chunk_generator(seed, rng.REC_TIMES, step, ids[0]).standard_exponential((count, len(chunks)))
     log_t = np.log(np.cumsum(times, axis=0))  # (count, chunks)
-    found = native.search(screen, draws, cols, offsets, log_t)
-    best_j, best_raw = found if found is not None else _numpy_search(screen, draws, cols, offsets, log_t)
+    found = native.search(screen, rng.chunk_streams(seed, rng.REC_CANDIDATES, step, np.asarray(ids)), cols, offsets,
+                          log_t) if native.available() else None
+    if found is None:
+        draws = [rng.chunk_generator(seed, rng.REC_CANDIDATES, step, c).bit_generator for c in ids]
+        found = _numpy_search(screen, draws, cols, offsets, log_t)
+    best_j, best_raw = found
     v = rng.unit16(best_raw)
     return [(int(j), v[a : a + m][None]) for j, a, m in zip(best_j.tolist(), offsets.tolist(), ms)]
 
@@ -217,17 +222,18 @@ def _screened(screen: GaussianScreen, seed: int, step: int, starts: np.ndarray,
               counts: dict[int, int]) -> dict[int, tuple[int, np.ndarray]]:
     """(j*, uniforms) of each chunk c of a Gaussian step with counts[c] candidates (ascending c), on the CPU,
     drawn at 16 bits: chunks of one candidate count go in batches of
-    up to _BATCH_VALUES draws (`_screened_batch`), the batches on SEARCH_WORKERS threads (the kernel's calls, and
-    numpy's draws and table reads, release the GIL); the threads change no j*."""
+    up to _KERNEL_BATCH_VALUES draws (_BATCH_VALUES for numpy) (`_screened_batch`), the batches on SEARCH_WORKERS
+    threads (the kernel's calls, and numpy's draws and table reads, release the GIL); the threads change no j*."""
     by_count: dict[int, list[tuple[int, int, int]]] = {}
     for c, n in counts.items():
         by_count.setdefault(n, []).append((c, int(starts[c]), int(starts[c + 1])))
+    limit = _KERNEL_BATCH_VALUES if native.available() else _BATCH_VALUES
     batches: list[tuple[int, list[tuple[int, int, int]]]] = []  # (count, its chunks in order)
     sizes: list[int] = []  # draws of each batch
     for n, chunks in by_count.items():
         for chunk in chunks:
             draws = n * (chunk[2] - chunk[1])
-            if not batches or batches[-1][0] != n or sizes[-1] + draws > _BATCH_VALUES:
+            if not batches or batches[-1][0] != n or sizes[-1] + draws > limit:
                 batches.append((n, []))
                 sizes.append(0)
             batches[-1][1].append(chunk)

@@ -82,25 +82,17 @@ def available() -> bool:
     return _kernel() is not None
 
 
-def stream_words(bit_generator: np.random.PCG64) -> tuple[int, int, int, int]:
-    """A PCG64's 128-bit state and increment as four 64-bit words: state high, state low, increment high, low."""
-    st = bit_generator.state["state"]
-    mask = (1 << 64) - 1
-    return st["state"] >> 64, st["state"] & mask, st["inc"] >> 64, st["inc"] & mask
-
-
-def search(screen: GaussianScreen, draws: list[np.random.PCG64], cols: np.ndarray, offsets: np.ndarray,
+def search(screen: GaussianScreen, streams: np.ndarray, cols: np.ndarray, offsets: np.ndarray,
            log_t: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(j* (chunks,), the winning rows' 16-bit draws (columns,)) of Gaussian chunks searched exactly by the kernel, or
-    None when it is not available (the arguments of `coder._numpy_search`): chunk k's candidates come from draws[k],
-    its columns are offsets[k] .. offsets[k + 1] - 1, column e scores element cols[e] by `screen`, and log_t (count,
-    chunks) holds the arrival times."""
+    None when it is not available (the arguments of `coder._numpy_search`, but the chunks' candidate streams as
+    `rng.chunk_streams` words (chunks, 4)): chunk k's columns are offsets[k] .. offsets[k + 1] - 1, column e scores
+    element cols[e] by `screen`, and log_t (count, chunks) holds the arrival times."""
     fn = _kernel()
     if fn is None:
         return None
     chunks, count = len(offsets) - 1, log_t.shape[0]
-    streams = np.array([stream_words(d) for d in draws], np.uint64).reshape(chunks, 4)
     best_j, best_k = np.zeros(chunks, np.int64), np.zeros(int(offsets[-1]), np.uint16)
-    fn(chunks, streams, np.ascontiguousarray(offsets, np.int64), screen.quad[cols], screen.lin[cols], screen.table,
-       count, np.ascontiguousarray(log_t, np.float64), best_j, best_k)
+    fn(chunks, np.ascontiguousarray(streams, np.uint64), np.ascontiguousarray(offsets, np.int64), screen.quad[cols],
+       screen.lin[cols], screen.table, count, np.ascontiguousarray(log_t, np.float64), best_j, best_k)
     return best_j, best_k
