@@ -139,3 +139,12 @@ def chunk_streams(seed: int, purpose: int, step: int, chunks: np.ndarray) -> np.
         state = ((inc + init_state) * _PCG_MULT + inc) & ((1 << 128) - 1)  # srandom: 0 -> step, + init, step
         out[row] = (state >> 64, state & _MASK64, inc >> 64, inc & _MASK64)
     return out
+
+
+def stream_generator(words: list[int], bit_generator: np.random.PCG64 | None = None) -> np.random.PCG64:
+    """A PCG64 at the stream of `chunk_streams` words (state high, low, increment high, low): `bit_generator` moved
+    there (a new one if None)."""
+    bit_generator = np.random.PCG64() if bit_generator is None else bit_generator
+    bit_generator.state = {"bit_generator": "PCG64", "has_uint32": 0, "uinteger": 0,
+                           "state": {"state": (words[0] << 64) | words[1], "inc": (words[2] << 64) | words[3]}}
+    return bit_generator

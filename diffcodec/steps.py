@@ -222,7 +222,7 @@ class RecCoder:
 class Coding:
     """How an encoder sends a file's steps: `coder` "uq", "rec" or "hybrid" (REC for the first `rec_steps`, default
     T // 2, then UQ); REC sends the `posterior` family in chunks of about `rec_bits` bits with 2^(bits + `rec_margin`)
-    candidates each, planned for `rec_fraction` of the step's KL and picked with sharpening `rec_sharpen`
+    candidates each (one margin for every REC step, or a list: step i takes entry min(i, len - 1)), planned for `rec_fraction` of the step's KL and picked with sharpening `rec_sharpen`
     (rec.encode_step), the chunks out of reach at `rec_escape` (rec.coder.out_of_reach) sent by UQ where it is not
     None (RecCoder). A model's codec.json may hold these as its defaults; a file records its choice per chunk."""
 
@@ -230,10 +230,14 @@ class Coding:
     rec_steps: int | None = None
     posterior: str = "uniform"
     rec_bits: int = TARGET_BITS
-    rec_margin: int = MARGIN
+    rec_margin: int | tuple[int, ...] = MARGIN
     rec_fraction: float = 1.0
     rec_sharpen: float = 1.0
     rec_escape: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rec_margin, list):  # as codec.json gives it
+            object.__setattr__(self, "rec_margin", tuple(self.rec_margin))
 
     def override(self, coder: str | None = None, rec_steps: int | None = None, posterior: str | None = None,
                  rec_bits: int | None = None) -> "Coding":
@@ -259,11 +263,12 @@ class Coding:
 
 
 def step_coders(steps: int, coder: str = "uq", rec_steps: int | None = None, posterior_family: str = "uniform",
-                rec_bits: int = TARGET_BITS, rec_margin: int = MARGIN, rec_fraction: float = 1.0,
+                rec_bits: int = TARGET_BITS, rec_margin: int | tuple[int, ...] = MARGIN, rec_fraction: float = 1.0,
                 rec_sharpen: float = 1.0, rec_escape: float | None = None) -> list[StepCoder]:
     """The coder of each of the T steps: all "uq", all "rec", or "hybrid" (the first `rec_steps` by REC, default
     T // 2, the rest by UQ). REC sends `posterior_family` ("uniform" or "gaussian") in chunks of ~`rec_bits` bits,
-    2^(bits + `rec_margin`) candidates a chunk, planned for `rec_fraction` of the step's KL, picked with sharpening
+    2^(bits + margin) candidates a chunk (`rec_margin`: one margin, or one per step, the last for the steps after
+    it), planned for `rec_fraction` of the step's KL, picked with sharpening
     `rec_sharpen` (rec.encode_step), the chunks out of reach at `rec_escape` by UQ unless it is None (RecCoder)."""
     if coder not in CODER_CHOICES:
         raise BadInputError(f"unknown coder {coder!r}: choose one of {', '.join(CODER_CHOICES)}")
@@ -275,14 +280,25 @@ def step_coders(steps: int, coder: str = "uq", rec_steps: int | None = None, pos
         raise BadInputError(f"rec_steps must be in [0, {steps}] for a model of {steps} steps, got {rec_steps}")
     if posterior_family != "uniform" and coder == "uq":
         raise BadInputError("a Gaussian posterior needs REC: pass --coder rec or --coder hybrid")
-    check_budget(rec_bits, rec_margin)
+    margins = step_margins(rec_margin, steps)
+    for margin in set(margins):
+        check_budget(rec_bits, margin)
     check_fraction(rec_fraction)
     check_sharpen(rec_sharpen)
     check_escape(rec_escape)
     n_rec = {"uq": 0, "rec": steps, "hybrid": steps // 2 if rec_steps is None else rec_steps}[coder]
-    rec = RecCoder(posterior_family, rec_bits, rec_margin, fraction=rec_fraction, sharpen=rec_sharpen,
-                   escape=rec_escape)
-    return [rec if i < n_rec else UQCoder() for i in range(steps)]
+    rec = {m: RecCoder(posterior_family, rec_bits, m, fraction=rec_fraction, sharpen=rec_sharpen, escape=rec_escape)
+           for m in set(margins)}
+    return [rec[margins[i]] if i < n_rec else UQCoder() for i in range(steps)]
+
+
+def step_margins(rec_margin: int | tuple[int, ...], steps: int) -> list[int]:
+    """The REC margin of each of the T steps: one margin for all, or one per step with the last repeated (BadInputError
+    for an empty list or a margin out of range)."""
+    margins = [rec_margin] if isinstance(rec_margin, int) else list(rec_margin)
+    if not margins or not all(isinstance(m, int) and not isinstance(m, bool) for m in margins):
+        raise BadInputError(f"rec_margin is an integer or a non-empty list of integers, got {rec_margin!r}")
+    return [margins[min(i, len(margins) - 1)] for i in range(steps)]
 
 
 def receiver(coder_id: int, chunk: int) -> StepCoder:

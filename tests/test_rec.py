@@ -80,14 +80,18 @@ def test_raw_draws_give_the_generators_doubles() -> None:
 @pytest.mark.parametrize("seed", [0, 1, 2**32 - 1, 2**32, 2**63 - 1])
 def test_chunk_streams_are_the_generators_streams(seed: int) -> None:
     """rng.chunk_streams (numpy's seeding, vectorised) gives each chunk's PCG64 state and increment exactly, for seeds
-    of one and two 32-bit words, plain and grouped step ids, and chunk ids up to 2^32 - 1."""
+    of one and two 32-bit words, plain and grouped step ids, and chunk ids up to 2^32 - 1; rng.stream_generator
+    draws from such a stream what the chunk's generator draws."""
     chunks = np.concatenate([np.arange(40), [2**20, 2**31, 2**32 - 1]])
     for purpose, step in [(rng.REC_CANDIDATES, 0), (rng.REC_TIMES, 4), (rng.REC_CANDIDATES, rng.part_step(3, 11))]:
         words = []
         for c in chunks.tolist():
             state = rng.chunk_generator(seed, purpose, step, c).bit_generator.state["state"]
             words.append([state["state"] >> 64, state["state"] & (2**64 - 1), state["inc"] >> 64, state["inc"] & (2**64 - 1)])
-        assert rng.chunk_streams(seed, purpose, step, chunks).tolist() == words
+        streams = rng.chunk_streams(seed, purpose, step, chunks)
+        assert streams.tolist() == words
+        again = rng.stream_generator(streams[-1].tolist(), rng.stream_generator(streams[0].tolist()))  # reused
+        assert np.array_equal(again.random_raw(5), rng.chunk_generator(seed, purpose, step, 2**32 - 1).bit_generator.random_raw(5))
 
 
 def test_16_bit_draws_are_the_lanes_of_the_raw_draws() -> None:
@@ -516,7 +520,20 @@ def test_codec_json_rec_sharpen_reaches_the_encoder(tiny_model: Path, tmp_path: 
     assert plain != sharp and plain == steps_of(1)
 
 
+def test_codec_json_rec_margin_may_differ_per_step(tiny_model: Path, tmp_path: Path) -> None:
+    """A list of margins gives each REC step its own (payload byte 2), the last one for the steps after the list; the
+    file decodes exactly. A file of fewer steps takes the list's first entries."""
+    model = model_with_codec_file(tiny_model, tmp_path / "m", {"coder": "rec", "posterior": "gaussian",
+                                                               "rec_margin": [1, 3]})
+    for steps, margins in [(TINY_STEPS, [1, 3, 3]), (1, [1])]:
+        data = diffcodec.encode(CROP, model=model, seed=3, steps=steps)
+        assert [c.payload[2] for c in read_stream(data).chunks[:-1]] == margins
+        assert (diffcodec.decode(data, model=tiny_model) == CROP).all()
+
+
 @pytest.mark.parametrize("entries", [{"coder": "hybrid", "rec_steps": TINY_STEPS + 1}, {"rec_margin": 7},
+                                     {"coder": "rec", "rec_margin": []}, {"coder": "rec", "rec_margin": [2, 7]},
+                                     {"coder": "rec", "rec_margin": [2, "3"]},
                                      {"coder": "rec", "rec_sharpen": 0.5}, {"coder": "rec", "rec_sharpen": "2"},
                                      {"coder": "rec", "rec_fraction": 0}, {"coder": "rec", "rec_fraction": "half"},
                                      {"coder": "uq", "posterior": "gaussian"}, {"coder": "arith"}, {"rec_bitz": 4}])

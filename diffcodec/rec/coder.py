@@ -276,9 +276,11 @@ def _regenerate(family: str, seed: int, step: int, p: StepPrior, starts: np.ndar
     NaN in the other chunks."""
     d = DRAWS[family]
     rows = {}
-    for c, j in indices.items():
+    streams = rng.chunk_streams(seed, rng.REC_CANDIDATES, step, np.fromiter(indices, np.int64, len(indices)))
+    draws = None
+    for (c, j), words in zip(indices.items(), streams.tolist()):
         m = int(starts[c + 1] - starts[c])
-        draws = rng.chunk_generator(seed, rng.REC_CANDIDATES, step, c).bit_generator
+        draws = rng.stream_generator(words, draws)  # the chunk's stream (rng.chunk_generator's), one object reused
         draws.advance(j * rng.draw_words(d * m, bits))
         rows[c] = _rows(draws, 1, d, m, bits)[0]
     return _sample(family, p, starts, rows)
