@@ -525,8 +525,8 @@ def test_codec_json_rec_margin_may_differ_per_step(tiny_model: Path, tmp_path: P
     file decodes exactly. A file of fewer steps takes the list's first entries."""
     model = model_with_codec_file(tiny_model, tmp_path / "m", {"coder": "rec", "posterior": "gaussian",
                                                                "rec_margin": [1, 3]})
-    for steps, margins in [(TINY_STEPS, [1, 3, 3]), (1, [1])]:
-        data = diffcodec.encode(CROP, model=model, seed=3, steps=steps)
+    for count, margins in [(TINY_STEPS, [1, 3, 3]), (1, [1])]:
+        data = diffcodec.encode(CROP, model=model, seed=3, steps=count)
         assert [c.payload[2] for c in read_stream(data).chunks[:-1]] == margins
         assert (diffcodec.decode(data, model=tiny_model) == CROP).all()
 
