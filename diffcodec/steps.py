@@ -222,9 +222,10 @@ class RecCoder:
 class Coding:
     """How an encoder sends a file's steps: `coder` "uq", "rec" or "hybrid" (REC for the first `rec_steps`, default
     T // 2, then UQ); REC sends the `posterior` family in chunks of about `rec_bits` bits with 2^(bits + `rec_margin`)
-    candidates each (one margin for every REC step, or a list: step i takes entry min(i, len - 1)), planned for `rec_fraction` of the step's KL and picked with sharpening `rec_sharpen`
-    (rec.encode_step), the chunks out of reach at `rec_escape` (rec.coder.out_of_reach) sent by UQ where it is not
-    None (RecCoder). A model's codec.json may hold these as its defaults; a file records its choice per chunk."""
+    candidates each (one margin for every REC step, or a list: step i takes entry min(i, len - 1)), planned for
+    `rec_fraction` of the step's KL and picked with sharpening `rec_sharpen` (rec.encode_step), the chunks out of
+    reach at `rec_escape` (rec.coder.out_of_reach) sent by UQ where it is not None (RecCoder). A model's codec.json
+    may hold these as its defaults; a file records its choice per chunk."""
 
     coder: str = "uq"
     rec_steps: int | None = None
