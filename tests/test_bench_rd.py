@@ -125,6 +125,15 @@ def test_rerun_resumes_from_the_cache(rdbench, bench_run, crops: Path, tiny_mode
     assert again["images"] == results["images"]
 
 
+def test_a_key_holding_a_tuple_finds_its_cached_result(rdbench, tmp_path: Path) -> None:
+    """A model whose codec.json gives a list (rec_margin per step) has a tuple in its key; JSON stores it as a list,
+    and the cached result is still found."""
+    key = {"coding": {"rec_margin": (2, 2, 3)}, "seed": 0}
+    rdbench.run._store(tmp_path / "a.json", key, {"bpp": 1.0})
+    assert rdbench.run._cached(tmp_path / "a.json", key) == {"bpp": 1.0}
+    assert rdbench.run._cached(tmp_path / "a.json", {**key, "seed": 1}) is None
+
+
 def test_another_model_measures_only_diffcodec(rdbench, bench_run, crops: Path, other_model: Path,
                                                monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The baselines' cache does not depend on the model: a new model re-measures diffcodec and nothing else."""

@@ -48,10 +48,11 @@ def sweeps() -> dict[str, list]:
 
 
 def _cached(path: Path, key: dict) -> dict | None:
+    """The result stored under `key`, compared as JSON keeps it (a tuple in the key is stored as a list)."""
     if not path.is_file():
         return None
     blob = json.loads(path.read_text())
-    return blob["result"] if blob.get("key") == key else None
+    return blob["result"] if blob.get("key") == json.loads(json.dumps(key)) else None
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
