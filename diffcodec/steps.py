@@ -295,7 +295,7 @@ def step_coders(steps: int, coder: str = "uq", rec_steps: int | None = None, pos
 
 def step_margins(rec_margin: int | tuple[int, ...], steps: int) -> list[int]:
     """The REC margin of each of the T steps: one margin for all, or one per step with the last repeated (BadInputError
-    for an empty list or a margin out of range)."""
+    for an empty list or one that is not all integers; the range is `check_budget`'s, in `step_coders`)."""
     margins = [rec_margin] if isinstance(rec_margin, int) else list(rec_margin)
     if not margins or not all(isinstance(m, int) and not isinstance(m, bool) for m in margins):
         raise BadInputError(f"rec_margin is an integer or a non-empty list of integers, got {rec_margin!r}")
