@@ -135,8 +135,6 @@ class _Ladder:
                  progress: Progress | None, version: int, extra_calls: int = 0) -> None:
         self.model: UQDM = loaded.model
         self.refiners = loaded.refiners
-        # the step context networks read the post-filter's x_hat' (step_context.refined_inputs)
-        self.refined_steps = loaded.step_nets is not None and loaded.step_nets.refine_hash is not None
         self._refined: tuple[int, torch.Tensor] | None = None  # (step, x_hat') once computed
         self.device = next(self.model.parameters()).device
         self.seed, self.timer, self.progress = seed, timer, progress
@@ -177,7 +175,7 @@ class _Ladder:
         mu_p, sigma_p = prior(self.z, self.eps_hat, self.s_hat, g_t, g_s)
         return StepContext(self.seed, self.i, self.z, g_t, g_s, mu_p, sigma_p, posterior_width(g_t, g_s),
                            self.timer.clock, self.denoised().clamp(-1, 1),
-                           self.refined() if self.refined_steps and isinstance(coder, GroupedCoder) else None,
+                           self.refined() if isinstance(coder, GroupedCoder) and coder.refined else None,
                            self.split)
 
     def refined(self) -> torch.Tensor | None:
@@ -459,7 +457,7 @@ def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, mod
     h, w = stream.header.height, stream.header.width
     T = stream.header.steps
     # each step's coder, refused before any work if it cannot be decoded (a grouped step without its network)
-    step_coders = [grouped_receiver(c.coder, i, loaded.step_nets, c.payload)
+    step_coders = [grouped_receiver(c.coder, i, loaded.step_fits, c.payload)
                    for i, c in enumerate(stream.chunks[: min(last, T)])]
     pixel_context = None
     if last > T and stream.chunks[T].coder in CONTEXT_CODERS:  # refused before any work if it cannot be decoded

@@ -19,9 +19,10 @@ a u32le length and the part's payload as its coder (`uq` or `rec-power`) writes 
 
 from __future__ import annotations
 
+import re
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +43,9 @@ from .tiling import run_tiled
 from .uqdm import posterior
 
 STEP_CONTEXT_FILE = "step_context.pt"  # beside a model file: its step context networks
+EARLIER_FIT = re.compile(r"step_context\.[0-9a-f]{16}\.pt")
+"""Earlier step context files beside a model, named by their hash (`earlier_fit_name`): the decoder reads the
+grouped chunks of files coded with them; the encoder uses step_context.pt alone."""
 MEAN_STEP = 0.5  # units of delta per unit of the network's mean output
 HASH_SIZE = 8
 PARTS = 3 * len(GROUPS)  # (group, channel) parts of a grouped step, in coding order
@@ -64,6 +68,11 @@ class StepNets:
     weights_hash: bytes  # first 8 bytes of sha256(step context file), written at the start of every grouped chunk
     refine_hash: bytes | None = None  # weights hash of the post-filter whose x_hat' they read (refined_inputs) at
     # every step from a rung it refines; None: they read the U-Net's x_hat
+
+
+def earlier_fit_name(weights_hash: bytes) -> str:
+    """The name a step context file keeps beside its model once a refit replaces step_context.pt (EARLIER_FIT)."""
+    return f"step_context.{weights_hash.hex()}.pt"
 
 
 def save_step_nets(path: Path, nets: dict[int, ContextNet], model_hash: bytes, refine_hash: bytes | None = None) -> None:
@@ -114,10 +123,11 @@ def _part(t: Tensor, mask: Tensor, c: int) -> Tensor:
 class GroupedCoder:
     """A step sent in PARTS parts under its step context network, each part by `inner` (UQ or REC)."""
 
-    def __init__(self, inner: StepCoder, net: ContextNet, weights_hash: bytes) -> None:
+    def __init__(self, inner: StepCoder, fit: StepNets, step: int) -> None:
         if inner.coder_id not in GROUPED:
             raise ValueError(f"coder id {inner.coder_id} has no grouped form")
-        self.inner, self.net, self.weights_hash = inner, net, weights_hash
+        self.inner, self.net, self.weights_hash = inner, fit.nets[step], fit.weights_hash
+        self.refined = fit.refine_hash is not None  # the network reads the post-filter's x_hat'
         self.coder_id = GROUPED[inner.coder_id]
 
     def _walk(self, ctx: StepContext, send_part: Callable[[int, StepContext, Tensor], Tensor]) -> Tensor:
@@ -191,21 +201,25 @@ def part_coder(coder_id: int) -> int:
     return _PART_CODER.get(coder_id, coder_id)
 
 
-def grouped_receiver(coder_id: int, chunk: int, nets: StepNets | None, payload: bytes) -> StepCoder:
+def grouped_receiver(coder_id: int, chunk: int, fits: Sequence[StepNets], payload: bytes) -> StepCoder:
     """The coder that reads step chunk `chunk`: `steps.receiver` for a plain chunk; for a grouped one, its parts'
-    coder under the step's network in `nets` (ModelError if the model has none, or other weights)."""
+    coder under the step's network in the fit (of the model's `fits`: step_context.pt and its earlier fits) whose
+    weights the chunk names (ModelError if none has them)."""
     if coder_id not in _PART_CODER:
         return receiver(coder_id, chunk)
-    wanted = payload[:HASH_SIZE].hex()
-    if nets is None or chunk not in nets.nets:
-        raise ModelError(f"chunk {chunk} was sent with a step context network (weights {wanted}), but this model "
-                         f"has none for step {chunk + 1} ({STEP_CONTEXT_FILE} beside the model file); rungs 0 to "
+    wanted = payload[:HASH_SIZE]
+    fit = next((f for f in fits if f.weights_hash == wanted), None)
+    if fit is None or chunk not in fit.nets:
+        if fit is not None:
+            found = f"those weights have no network for step {chunk + 1}"
+        elif fits:
+            found = (f"this model has {', '.join(f.weights_hash.hex() for f in fits)} ({STEP_CONTEXT_FILE} and its "
+                     f"earlier fits beside the model file; that one would be {earlier_fit_name(wanted)})")
+        else:
+            found = f"this model has no step context network ({STEP_CONTEXT_FILE} beside the model file)"
+        raise ModelError(f"chunk {chunk} was sent with step context weights {wanted.hex()}, but {found}; rungs 0 to "
                          f"{chunk} decode without it (--rung {chunk})")
-    if nets.weights_hash.hex() != wanted:
-        raise ModelError(f"chunk {chunk} was sent with step context weights {wanted}, but this model's "
-                         f"{STEP_CONTEXT_FILE} has {nets.weights_hash.hex()}; rungs 0 to {chunk} decode without it "
-                         f"(--rung {chunk})")
-    return GroupedCoder(receiver(_PART_CODER[coder_id], chunk), nets.nets[chunk], nets.weights_hash)
+    return GroupedCoder(receiver(_PART_CODER[coder_id], chunk), fit, chunk)
 
 
 def grouped_coders(coders: list[StepCoder], nets: StepNets | None) -> list[StepCoder]:
@@ -213,9 +227,9 @@ def grouped_coders(coders: list[StepCoder], nets: StepNets | None) -> list[StepC
     step plainly)."""
     if nets is None:
         return coders
-    return [GroupedCoder(c, nets.nets[i], nets.weights_hash) if i in nets.nets and c.coder_id in GROUPED else c
+    return [GroupedCoder(c, nets, i) if i in nets.nets and c.coder_id in GROUPED else c
             for i, c in enumerate(coders)]
 
 
-__all__ = ["GROUPED", "MIN_STEP_BITS", "PARTS", "STEP_CONTEXT_FILE", "GroupedCoder", "StepNets", "group_prior",
-           "grouped_coders", "grouped_receiver", "load_step_nets", "part_coder", "refined_inputs", "save_step_nets"]
+__all__ = ["EARLIER_FIT", "GROUPED", "MIN_STEP_BITS", "PARTS", "STEP_CONTEXT_FILE", "GroupedCoder", "StepNets",
+           "earlier_fit_name", "group_prior", "grouped_coders", "grouped_receiver", "load_step_nets", "part_coder", "refined_inputs", "save_step_nets"]

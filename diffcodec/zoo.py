@@ -16,7 +16,7 @@ import torch
 from .context import CONTEXT_FILE, PixelContext, load_context
 from .errors import BadInputError, ModelError
 from .refine import REFINE_FILE, Refiners, load_refiners
-from .step_context import STEP_CONTEXT_FILE, StepNets, load_step_nets
+from .step_context import EARLIER_FIT, STEP_CONTEXT_FILE, StepNets, load_step_nets
 from .steps import Coding
 from .uqdm import UQDM, ModelConfig
 
@@ -45,6 +45,12 @@ class LoadedModel:
     context: PixelContext | None = None  # the pixel context network beside the model file (context.pt), if any
     step_nets: StepNets | None = None  # the step context networks beside it (step_context.pt), if any
     refiners: Refiners | None = None  # the decoder's post-filter networks beside it (refine.pt), if any
+    earlier_step_nets: tuple[StepNets, ...] = ()  # earlier step context fits beside it (step_context.EARLIER_FIT)
+
+    @property
+    def step_fits(self) -> tuple[StepNets, ...]:
+        """Every step context fit a grouped chunk may name: step_context.pt (the encoder's), then the earlier ones."""
+        return ((self.step_nets,) if self.step_nets is not None else ()) + self.earlier_step_nets
 
 
 def resolve(name_or_path: str | Path) -> tuple[str, Path]:
@@ -140,7 +146,21 @@ def _load_cached(path: str, mtimes: tuple[float | None, ...], device: str) -> Lo
                         "train-step-context")
     refiners = _beside(p, REFINE_FILE, digest, lambda f: load_refiners(f, weights_hash(f), device), "train-refine")
     _check_refined_steps(p, step_nets, refiners)
-    return LoadedModel(name, digest, p, model, steps, default_coding(p, steps), context, step_nets, refiners)
+    earlier = _earlier_step_nets(p, digest, refiners, device)
+    return LoadedModel(name, digest, p, model, steps, default_coding(p, steps), context, step_nets, refiners, earlier)
+
+
+def _earlier_fits(path: Path) -> list[Path]:
+    """The earlier step context files beside a model file (step_context.EARLIER_FIT), by name."""
+    return sorted(f for f in path.parent.iterdir() if EARLIER_FIT.fullmatch(f.name)) if path.name == WEIGHTS_FILE else []
+
+
+def _earlier_step_nets(path: Path, model_hash: bytes, refiners: Refiners | None, device: str) -> tuple[StepNets, ...]:
+    """The earlier step context fits beside a model file that still apply: made for its weights, and reading the
+    U-Net's x_hat or the post-filter beside it. (The grouped steps of a file coded with another are refused by name.)"""
+    fits = (load_step_nets(f, weights_hash(f), device) for f in _earlier_fits(path))
+    post_filter = None if refiners is None else refiners.weights_hash
+    return tuple(f for f in fits if f.model_hash == model_hash and f.refine_hash in (None, post_filter))
 
 
 def _beside(path: Path, file: str, model_hash: bytes, load: Callable[[Path], Any], command: str) -> Any:
@@ -169,8 +189,9 @@ def _check_refined_steps(path: Path, step_nets: StepNets | None, refiners: Refin
 def load_model(name_or_path: str | Path = DEFAULT_MODEL, device: str = "cpu") -> LoadedModel:
     """Load (and cache) a model by zoo name or path."""
     name, path = resolve(name_or_path)
-    # a new model, context.pt, step_context.pt or refine.pt is seen at once
+    # a new model, context.pt, step_context.pt, refine.pt or earlier step context fit is seen at once
+    beside = (CONTEXT_FILE, STEP_CONTEXT_FILE, REFINE_FILE)
     mtimes = tuple(f.stat().st_mtime if f.is_file() else None
-                   for f in (path, *(path.parent / side for side in (CONTEXT_FILE, STEP_CONTEXT_FILE, REFINE_FILE))))
+                   for f in (path, *(path.parent / side for side in beside), *_earlier_fits(path)))
     loaded = _load_cached(str(path.resolve()), mtimes, device)
     return replace(loaded, name=name)

@@ -143,6 +143,34 @@ def test_other_step_context_weights_are_refused(grouped_model: Path, always_grou
         diffcodec.decode(data, model=other)
 
 
+def test_a_refit_keeps_the_earlier_fit_so_older_files_decode(grouped_model: Path, always_grouped: None, photos: Path,
+                                                             tmp_path: Path) -> None:
+    folder = tmp_path / "default"
+    shutil.copytree(grouped_model, folder)
+    pixels = np.ascontiguousarray(rgb_pixels(KODIM15)[:40, :48])
+    old = diffcodec.encode(pixels, model=folder, seed=3)
+    first = load_model(folder).step_nets
+    assert first is not None
+    opts = StepContextOptions(data=photos, val=photos, model=str(folder), steps=(3, 4, 5), iters=2, batch=4, crop=32,
+                              pool=8, val_crops=4, lr=3e-3, width=8, blocks=1, eval_every=2, seed=1)
+    train_step_context(opts, log=lambda line: None)  # writes step_context.pt beside the model
+    kept = folder / sc.earlier_fit_name(first.weights_hash)
+    loaded = load_model(folder)
+    assert loaded.step_nets is not None and loaded.step_nets.weights_hash != first.weights_hash
+    assert kept.is_file() and [f.weights_hash for f in loaded.earlier_step_nets] == [first.weights_hash]
+    assert np.array_equal(diffcodec.decode_rungs(old, model=folder)[-1].pixels, pixels)  # every rung checked
+    new = read_stream(diffcodec.encode(pixels, model=folder, seed=3))
+    assert new.chunks[STEPS - 1].payload[: sc.HASH_SIZE] == loaded.step_nets.weights_hash  # the encoder's is the refit
+    # an earlier fit made for other weights is left out; without the kept fit, the old file's grouped steps are
+    # refused, naming the file that would decode them
+    sc.save_step_nets(folder / sc.earlier_fit_name(bytes(8)), first.nets, bytes(8))
+    kept.unlink()
+    assert load_model(folder).earlier_step_nets == ()
+    assert np.array_equal(diffcodec.decode(old, model=folder, rung=2), diffcodec.decode(old, model=grouped_model, rung=2))
+    with pytest.raises(ModelError, match=kept.name):
+        diffcodec.decode(old, model=folder)
+
+
 def test_a_step_context_for_other_weights_is_refused(grouped_model: Path, other_model: Path, tmp_path: Path) -> None:
     folder = tmp_path / "mixed"
     folder.mkdir()

@@ -194,8 +194,8 @@ def train_step_context_command(
     """Fit the step context networks of a trained model: each diffusion step's z_s is then sent in four
     checkerboard groups, each seeing the groups before it, and G given R, B given R and G in each pixel.
     Writes step_context.pt beside the model: the encoder then groups every step it has a network for. A file
-    names the step context it used, so after a refit an older file decodes up to its first grouped step and
-    refuses the rest by name."""
+    names the step context it used; a refit keeps the step_context.pt it replaces as step_context.HASH.pt, so
+    older files still decode in full (without that file, up to their first grouped step)."""
     from .step_context import StepContextOptions, train_step_context
 
     _check_context_inputs(data, val, init, crop, threads)
