@@ -28,7 +28,8 @@ from .tiling import SPLIT_SINCE, predict_tiled
 from .bitstream import (CODER_CONTEXT, CODER_CONTEXT_SCALED, CODER_UQ, CODERS, FORMAT_VERSION, Chunk, Header, Stream,
                         read_stream, rung_check, write_stream)
 from .refine import refine
-from .context import CONTEXT_FILE, GROUPS, HASH_SIZE, ChainEnd, PixelContext, decode_pixels, encode_pixels
+from .context import (CONTEXT_FILE, GROUPS, HASH_SIZE, ChainEnd, PixelContext, decode_pixels, earlier_fit_name,
+                      encode_pixels)
 from .entropy import decode_symbols
 from .step_context import GroupedCoder, grouped_coders, grouped_receiver, part_coder
 from .steps import Coded, StepCoder, StepContext, code_symbols, flat, receiver, start
@@ -428,17 +429,19 @@ def open_stream(data: bytes, model: str | Path | None = None, device: str = "cpu
 
 
 def _check_context(loaded: LoadedModel, payload: bytes, steps: int) -> PixelContext:
-    """The model's pixel context network, if it is the one that coded this lossless chunk (the lossy rungs, up to
-    `steps`, decode without it)."""
-    wanted = payload[:HASH_SIZE].hex()
+    """The model's pixel context fit (context.pt or an earlier one kept beside it) that coded this lossless chunk
+    (the lossy rungs, up to `steps`, decode without it)."""
+    wanted = payload[:HASH_SIZE]
     lossy = f"; the lossy rungs decode without it (--rung {steps})"
+    fit = next((c for c in loaded.context_fits if c.weights_hash == wanted), None)
+    if fit is not None:
+        return fit
     if loaded.context is None:
-        raise ModelError(f"the lossless chunk was coded with a pixel context network (weights {wanted}), but model "
-                         f"{loaded.name!r} has none ({loaded.path.parent / CONTEXT_FILE} is missing){lossy}")
-    if loaded.context.weights_hash.hex() != wanted:
-        raise ModelError(f"the lossless chunk was coded with pixel context weights {wanted}, but "
-                         f"{loaded.path.parent / CONTEXT_FILE} has {loaded.context.weights_hash.hex()}{lossy}")
-    return loaded.context
+        raise ModelError(f"the lossless chunk was coded with a pixel context network (weights {wanted.hex()}), but "
+                         f"model {loaded.name!r} has none ({loaded.path.parent / CONTEXT_FILE} is missing){lossy}")
+    raise ModelError(f"the lossless chunk was coded with pixel context weights {wanted.hex()}, but "
+                     f"{loaded.path.parent / CONTEXT_FILE} has {loaded.context.weights_hash.hex()} and "
+                     f"{earlier_fit_name(CONTEXT_FILE, wanted)} is not beside it{lossy}")
 
 
 def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, model: str | Path | None = None,

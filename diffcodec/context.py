@@ -18,6 +18,7 @@ has every mean and scale before it needs it. The first chunk layout (coder `cont
 from __future__ import annotations
 
 import os
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +66,19 @@ class ChainEnd(NamedTuple):
     s_hat: Tensor
     m: Tensor  # factorised p(x | z_T): mean and logistic scale in pixel units
     b: Tensor
+
+
+def earlier_fit_name(file: str, weights_hash: bytes) -> str:
+    """The name a context file (`file`: context.pt, step_context.pt) keeps beside its model once a refit replaces it:
+    `file` with the first 8 bytes of its sha256 in hex before `.pt`. The decoder reads the chunks that name those
+    weights with it; the encoder uses `file` alone."""
+    return f"{file.removesuffix('.pt')}.{weights_hash.hex()}.pt"
+
+
+def earlier_fits(folder: Path, file: str) -> list[Path]:
+    """The earlier fits of context file `file` kept in `folder` (earlier_fit_name), by name."""
+    pattern = re.compile(re.escape(file.removesuffix(".pt")) + r"\.[0-9a-f]{16}\.pt")
+    return sorted(f for f in folder.iterdir() if pattern.fullmatch(f.name))
 
 
 def write_file(path: Path, blob: dict) -> None:

@@ -19,7 +19,6 @@ a u32le length and the part's payload as its coder (`uq` or `rec-power`) writes 
 
 from __future__ import annotations
 
-import re
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +32,8 @@ from torch import Tensor
 from . import rng
 from .bitstream import (CODER_REC_ESCAPE, CODER_REC_ESCAPE_GROUPED, CODER_REC_GROUPED, CODER_REC_POWER, CODER_UQ,
                         CODER_UQ_GROUPED)
-from .context import GROUPS, channel_means, context_features, group_mask, read_file, write_file
+from .context import (GROUPS, channel_means, context_features, earlier_fit_name, group_mask, read_file,
+                      write_file)
 from .determinism import one_thread
 from .errors import BitstreamError, ModelError
 from .nn.context import ContextNet, from_entry, to_entry
@@ -43,9 +43,6 @@ from .tiling import run_tiled
 from .uqdm import posterior
 
 STEP_CONTEXT_FILE = "step_context.pt"  # beside a model file: its step context networks
-EARLIER_FIT = re.compile(r"step_context\.[0-9a-f]{16}\.pt")
-"""Earlier step context files beside a model, named by their hash (`earlier_fit_name`): the decoder reads the
-grouped chunks of files coded with them; the encoder uses step_context.pt alone."""
 MEAN_STEP = 0.5  # units of delta per unit of the network's mean output
 HASH_SIZE = 8
 PARTS = 3 * len(GROUPS)  # (group, channel) parts of a grouped step, in coding order
@@ -68,11 +65,6 @@ class StepNets:
     weights_hash: bytes  # first 8 bytes of sha256(step context file), written at the start of every grouped chunk
     refine_hash: bytes | None = None  # weights hash of the post-filter whose x_hat' they read (refined_inputs) at
     # every step from a rung it refines; None: they read the U-Net's x_hat
-
-
-def earlier_fit_name(weights_hash: bytes) -> str:
-    """The name a step context file keeps beside its model once a refit replaces step_context.pt (EARLIER_FIT)."""
-    return f"step_context.{weights_hash.hex()}.pt"
 
 
 def save_step_nets(path: Path, nets: dict[int, ContextNet], model_hash: bytes, refine_hash: bytes | None = None) -> None:
@@ -214,7 +206,7 @@ def grouped_receiver(coder_id: int, chunk: int, fits: Sequence[StepNets], payloa
             found = f"those weights have no network for step {chunk + 1}"
         elif fits:
             found = (f"this model has {', '.join(f.weights_hash.hex() for f in fits)} ({STEP_CONTEXT_FILE} and its "
-                     f"earlier fits beside the model file; that one would be {earlier_fit_name(wanted)})")
+                     f"earlier fits beside the model file; that one would be {earlier_fit_name(STEP_CONTEXT_FILE, wanted)})")
         else:
             found = f"this model has no step context network ({STEP_CONTEXT_FILE} beside the model file)"
         raise ModelError(f"chunk {chunk} was sent with step context weights {wanted.hex()}, but {found}; rungs 0 to "
@@ -231,5 +223,5 @@ def grouped_coders(coders: list[StepCoder], nets: StepNets | None) -> list[StepC
             for i, c in enumerate(coders)]
 
 
-__all__ = ["EARLIER_FIT", "GROUPED", "MIN_STEP_BITS", "PARTS", "STEP_CONTEXT_FILE", "GroupedCoder", "StepNets",
-           "earlier_fit_name", "group_prior", "grouped_coders", "grouped_receiver", "load_step_nets", "part_coder", "refined_inputs", "save_step_nets"]
+__all__ = ["GROUPED", "MIN_STEP_BITS", "PARTS", "STEP_CONTEXT_FILE", "GroupedCoder", "StepNets", "group_prior",
+           "grouped_coders", "grouped_receiver", "load_step_nets", "part_coder", "refined_inputs", "save_step_nets"]

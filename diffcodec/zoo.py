@@ -9,14 +9,14 @@ from dataclasses import dataclass, replace
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from .context import CONTEXT_FILE, PixelContext, load_context
+from .context import CONTEXT_FILE, PixelContext, earlier_fits, load_context
 from .errors import BadInputError, ModelError
 from .refine import REFINE_FILE, Refiners, load_refiners
-from .step_context import EARLIER_FIT, STEP_CONTEXT_FILE, StepNets, load_step_nets
+from .step_context import STEP_CONTEXT_FILE, StepNets, load_step_nets
 from .steps import Coding
 from .uqdm import UQDM, ModelConfig
 
@@ -24,6 +24,7 @@ DEFAULT_MODEL = "default"
 WEIGHTS_FILE = "model.pt"
 CODEC_FILE = "codec.json"  # beside a model file: the encoder's defaults for it, e.g. {"steps": 6, "coder": "uq"}
 CODEC_KEYS = {"steps", *Coding.__dataclass_fields__}
+T = TypeVar("T")
 
 
 def weights_dirs() -> list[Path]:
@@ -45,7 +46,13 @@ class LoadedModel:
     context: PixelContext | None = None  # the pixel context network beside the model file (context.pt), if any
     step_nets: StepNets | None = None  # the step context networks beside it (step_context.pt), if any
     refiners: Refiners | None = None  # the decoder's post-filter networks beside it (refine.pt), if any
-    earlier_step_nets: tuple[StepNets, ...] = ()  # earlier step context fits beside it (step_context.EARLIER_FIT)
+    earlier_contexts: tuple[PixelContext, ...] = ()  # earlier pixel context fits beside it (context.earlier_fits)
+    earlier_step_nets: tuple[StepNets, ...] = ()  # earlier step context fits beside it
+
+    @property
+    def context_fits(self) -> tuple[PixelContext, ...]:
+        """Every pixel context fit a lossless chunk may name: context.pt (the encoder's), then the earlier ones."""
+        return ((self.context,) if self.context is not None else ()) + self.earlier_contexts
 
     @property
     def step_fits(self) -> tuple[StepNets, ...]:
@@ -146,21 +153,25 @@ def _load_cached(path: str, mtimes: tuple[float | None, ...], device: str) -> Lo
                         "train-step-context")
     refiners = _beside(p, REFINE_FILE, digest, lambda f: load_refiners(f, weights_hash(f), device), "train-refine")
     _check_refined_steps(p, step_nets, refiners)
-    earlier = _earlier_step_nets(p, digest, refiners, device)
-    return LoadedModel(name, digest, p, model, steps, default_coding(p, steps), context, step_nets, refiners, earlier)
-
-
-def _earlier_fits(path: Path) -> list[Path]:
-    """The earlier step context files beside a model file (step_context.EARLIER_FIT), by name."""
-    return sorted(f for f in path.parent.iterdir() if EARLIER_FIT.fullmatch(f.name)) if path.name == WEIGHTS_FILE else []
-
-
-def _earlier_step_nets(path: Path, model_hash: bytes, refiners: Refiners | None, device: str) -> tuple[StepNets, ...]:
-    """The earlier step context fits beside a model file that still apply: made for its weights, and reading the
-    U-Net's x_hat or the post-filter beside it. (The grouped steps of a file coded with another are refused by name.)"""
-    fits = (load_step_nets(f, weights_hash(f), device) for f in _earlier_fits(path))
     post_filter = None if refiners is None else refiners.weights_hash
-    return tuple(f for f in fits if f.model_hash == model_hash and f.refine_hash in (None, post_filter))
+    # earlier fits that still apply: made for these weights (and steps reading the U-Net's x_hat or this post-filter)
+    contexts = tuple(c for c in _earlier(p, CONTEXT_FILE, load_context, device) if c.model_hash == digest)
+    step_fits = tuple(f for f in _earlier(p, STEP_CONTEXT_FILE, load_step_nets, device)
+                      if f.model_hash == digest and f.refine_hash in (None, post_filter))
+    return LoadedModel(name, digest, p, model, steps, default_coding(p, steps), context, step_nets, refiners,
+                       contexts, step_fits)
+
+
+def _earlier_files(path: Path) -> list[Path]:
+    """The earlier context fits kept beside a model file (context.earlier_fits of context.pt and step_context.pt)."""
+    if path.name != WEIGHTS_FILE:
+        return []
+    return [f for file in (CONTEXT_FILE, STEP_CONTEXT_FILE) for f in earlier_fits(path.parent, file)]
+
+
+def _earlier(path: Path, file: str, load: Callable[[Path, bytes, str], T], device: str) -> list[T]:
+    """The earlier fits of context file `file` beside a model file, loaded (a file that does not read: ModelError)."""
+    return [load(f, weights_hash(f), device) for f in earlier_fits(path.parent, file)] if path.name == WEIGHTS_FILE else []
 
 
 def _beside(path: Path, file: str, model_hash: bytes, load: Callable[[Path], Any], command: str) -> Any:
@@ -192,6 +203,6 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, device: str = "cpu") ->
     # a new model, context.pt, step_context.pt, refine.pt or earlier step context fit is seen at once
     beside = (CONTEXT_FILE, STEP_CONTEXT_FILE, REFINE_FILE)
     mtimes = tuple(f.stat().st_mtime if f.is_file() else None
-                   for f in (path, *(path.parent / side for side in beside), *_earlier_fits(path)))
+                   for f in (path, *(path.parent / side for side in beside), *_earlier_files(path)))
     loaded = _load_cached(str(path.resolve()), mtimes, device)
     return replace(loaded, name=name)

@@ -109,6 +109,25 @@ def test_another_context_file_is_refused(context_model: Path, tmp_path: Path) ->
         diffcodec.decode(data, model=other)
 
 
+def test_a_refit_keeps_the_earlier_context_so_older_files_decode(context_model: Path, photos: Path,
+                                                                 tmp_path: Path) -> None:
+    folder = tmp_path / "default"
+    shutil.copytree(context_model, folder)
+    old = diffcodec.encode(KODIM15, model=folder, seed=3)
+    assert read_stream(old).chunks[STEPS].coder == CODER_CONTEXT_SCALED
+    first = load_model(folder).context
+    assert first is not None
+    _fit(folder, photos, iters=2)  # a refit writes context.pt beside the model
+    kept = folder / ctx.earlier_fit_name(ctx.CONTEXT_FILE, first.weights_hash)
+    loaded = load_model(folder)
+    assert loaded.context is not None and loaded.context.weights_hash != first.weights_hash and kept.is_file()
+    assert [c.weights_hash for c in loaded.earlier_contexts] == [first.weights_hash]
+    assert np.array_equal(diffcodec.decode(old, model=folder), rgb_pixels(KODIM15))
+    kept.unlink()
+    with pytest.raises(ModelError, match=kept.name):
+        diffcodec.decode(old, model=folder)
+
+
 def test_a_context_file_for_other_weights_is_refused(context_model: Path, other_model: Path, tmp_path: Path) -> None:
     folder = tmp_path / "mixed"
     folder.mkdir()

@@ -17,6 +17,7 @@ from diffcodec.rec.coder import without_skips
 from diffcodec.bitstream import (CODER_REC_ESCAPE, CODER_REC_ESCAPE_GROUPED, CODER_UQ, CODER_UQ_GROUPED, Chunk,
                                  read_stream, write_stream)
 from diffcodec.cli import app
+from diffcodec.context import earlier_fit_name
 from diffcodec.errors import BadInputError, BitstreamError, ModelError
 from diffcodec.train.step_context import StepContextOptions, train_step_context
 from diffcodec.zoo import load_model
@@ -154,7 +155,7 @@ def test_a_refit_keeps_the_earlier_fit_so_older_files_decode(grouped_model: Path
     opts = StepContextOptions(data=photos, val=photos, model=str(folder), steps=(3, 4, 5), iters=2, batch=4, crop=32,
                               pool=8, val_crops=4, lr=3e-3, width=8, blocks=1, eval_every=2, seed=1)
     train_step_context(opts, log=lambda line: None)  # writes step_context.pt beside the model
-    kept = folder / sc.earlier_fit_name(first.weights_hash)
+    kept = folder / earlier_fit_name(sc.STEP_CONTEXT_FILE, first.weights_hash)
     loaded = load_model(folder)
     assert loaded.step_nets is not None and loaded.step_nets.weights_hash != first.weights_hash
     assert kept.is_file() and [f.weights_hash for f in loaded.earlier_step_nets] == [first.weights_hash]
@@ -163,7 +164,7 @@ def test_a_refit_keeps_the_earlier_fit_so_older_files_decode(grouped_model: Path
     assert new.chunks[STEPS - 1].payload[: sc.HASH_SIZE] == loaded.step_nets.weights_hash  # the encoder's is the refit
     # an earlier fit made for other weights is left out; without the kept fit, the old file's grouped steps are
     # refused, naming the file that would decode them
-    sc.save_step_nets(folder / sc.earlier_fit_name(bytes(8)), first.nets, bytes(8))
+    sc.save_step_nets(folder / earlier_fit_name(sc.STEP_CONTEXT_FILE, bytes(8)), first.nets, bytes(8))
     kept.unlink()
     assert load_model(folder).earlier_step_nets == ()
     assert np.array_equal(diffcodec.decode(old, model=folder, rung=2), diffcodec.decode(old, model=grouped_model, rung=2))

@@ -151,7 +151,8 @@ def train_context_command(
 ) -> None:
     """Fit the pixel context network of a trained model: the lossless chunk then codes the pixels in four
     checkerboard groups, each seeing the groups before it, and G given R, B given R and G in each pixel.
-    Writes context.pt beside the model (the codec uses it for files of T steps; old files still decode)."""
+    Writes context.pt beside the model (the codec uses it for files of T steps); a refit keeps the context.pt it
+    replaces as context.HASH.pt, so older files still decode in full."""
     from .context import ContextOptions, train_context
 
     _check_context_inputs(data, val, init, crop, threads)

@@ -19,7 +19,7 @@ from ..errors import BadInputError
 from ..nn.context import ContextConfig, ContextNet
 from ..uqdm import UQDM, denoise, forward_chain, pixel_bits, pixel_prior, to_unit
 from ..zoo import load_model
-from .fitting import fit, seeded, seeded_crops
+from .fitting import fit, keep_earlier_fit, seeded, seeded_crops
 
 POOL_BATCH = 32  # crops per U-Net call while the pool is made
 
@@ -106,6 +106,7 @@ def train_context(opts: ContextOptions, log: Callable[[str], None] = print,
     if not 1 <= steps <= loaded.model.steps:
         raise BadInputError(f"--steps must be in [1, {loaded.model.steps}] for model {loaded.name!r}, got {steps}")
     out = opts.out or loaded.path.parent / CONTEXT_FILE
+    keep_earlier_fit(out, loaded.path.parent / CONTEXT_FILE)
     rng, gen, train_pix, val_pix = seeded_crops(opts.data, opts.val, opts.crop, opts.pool, opts.val_crops, opts.seed)
     with torch.no_grad():
         log(f"taking {len(train_pix)} training and {len(val_pix)} held-out crops to z_{steps} ...")

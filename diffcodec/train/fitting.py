@@ -4,6 +4,8 @@ crops, seeded new weights, and the Adam loop with a cosine learning rate, held-o
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -12,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..context import earlier_fit_name
+from ..zoo import weights_hash
 from .data import train_val_crops
 
 T = TypeVar("T")
@@ -26,6 +30,18 @@ def seeded_crops(data: Path, val: Path | None, crop: int, pool: int, val_crops: 
     with torch.no_grad():
         train_pix, val_pix = train_val_crops(data, val, crop, pool, val_crops, rng)
     return rng, gen, train_pix, val_pix
+
+
+def keep_earlier_fit(out: Path, beside: Path) -> None:
+    """Before a fit writes `out` over the model's context file `beside` (context.pt, step_context.pt), copy that
+    file to its earlier-fit name (context.earlier_fit_name): files coded with it then still decode in full."""
+    if not out.is_file() or out.resolve() != beside.resolve():
+        return
+    earlier = out.with_name(earlier_fit_name(beside.name, weights_hash(out)))
+    if not earlier.exists():
+        tmp = earlier.with_suffix(".tmp")
+        shutil.copyfile(out, tmp)
+        os.replace(tmp, earlier)
 
 
 def seeded(seed: int, make: Callable[[], T]) -> T:
@@ -53,4 +69,4 @@ def fit(net: nn.Module, batch_loss: Callable[[], Tensor], iters: int, lr: float,
             evaluate(it + 1)
 
 
-__all__ = ["fit", "seeded", "seeded_crops"]
+__all__ = ["fit", "keep_earlier_fit", "seeded", "seeded_crops"]

@@ -9,8 +9,6 @@ uniform one (UQ or uniform REC). A pool of such crops is made once per step and 
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,13 +22,12 @@ from ..errors import BadInputError
 from ..nn.context import ContextConfig, ContextNet
 from ..rec.family import StepPrior, kl_bits
 from ..refine import refine
-from ..step_context import (STEP_CONTEXT_FILE, earlier_fit_name, group_prior, load_step_nets, refined_inputs,
-                             save_step_nets)
+from ..step_context import STEP_CONTEXT_FILE, group_prior, load_step_nets, refined_inputs, save_step_nets
 from ..steps import StepContext
 from ..uqdm import UQDM, denoise, posterior, posterior_width, prior, step_bits, to_unit
-from ..zoo import load_model, weights_hash
+from ..zoo import load_model
 from .chain import chain_to, sample_posterior, step_families
-from .fitting import fit, seeded, seeded_crops
+from .fitting import fit, keep_earlier_fit, seeded, seeded_crops
 
 POOL_BATCH = 32  # crops per U-Net call while a pool is made
 
@@ -134,18 +131,6 @@ def _initial_nets(opts: StepContextOptions, model_hash: bytes, steps: list[int])
     return {i: start.nets[i].requires_grad_(True).train() for i in steps}
 
 
-def _keep_earlier_fit(out: Path, model_path: Path) -> None:
-    """Before a fit replaces a model's step_context.pt, copy it to its earlier-fit name (step_context.EARLIER_FIT):
-    files coded with it then still decode in full."""
-    if not out.is_file() or out.resolve() != (model_path.parent / STEP_CONTEXT_FILE).resolve():
-        return
-    earlier = out.with_name(earlier_fit_name(weights_hash(out)))
-    if not earlier.exists():
-        tmp = earlier.with_suffix(".tmp")
-        shutil.copyfile(out, tmp)
-        os.replace(tmp, earlier)
-
-
 def train_step_context(opts: StepContextOptions, log: Callable[[str], None] = print,
                        report: Callable[[int, int, float], None] | None = None) -> StepContextSummary:
     """Fit the step context networks of `opts.model` for `opts.steps`, one after the other; write them
@@ -160,7 +145,7 @@ def train_step_context(opts: StepContextOptions, log: Callable[[str], None] = pr
         raise BadInputError(f"--step must be in [1, {T}] for model {loaded.name!r} (its codec.json codes {T} steps), "
                             f"got {sorted(s for s in opts.steps)}")
     out = opts.out or loaded.path.parent / STEP_CONTEXT_FILE
-    _keep_earlier_fit(out, loaded.path)
+    keep_earlier_fit(out, loaded.path.parent / STEP_CONTEXT_FILE)
     rng, gen, train_pix, val_pix = seeded_crops(opts.data, opts.val, opts.crop, opts.pool, opts.val_crops, opts.seed)
     nets = _initial_nets(opts, loaded.weights_hash, steps)
     plain, fitted = {}, {}
