@@ -27,7 +27,7 @@ from .determinism import one_thread
 from .tiling import SPLIT_SINCE, predict_tiled
 from .bitstream import (CODER_CONTEXT, CODER_CONTEXT_SCALED, CODER_UQ, CODERS, FORMAT_VERSION, Chunk, Header, Stream,
                         read_stream, rung_check, write_stream)
-from .refine import refine
+from .refine import Refiners, refine
 from .context import (CONTEXT_FILE, GROUPS, HASH_SIZE, ChainEnd, PixelContext, decode_pixels, earlier_fit_name,
                       encode_pixels)
 from .entropy import decode_symbols
@@ -135,8 +135,8 @@ class _Ladder:
     def __init__(self, loaded: LoadedModel, steps: int, seed: int, height: int, width: int, timer: Timer,
                  progress: Progress | None, version: int, extra_calls: int = 0) -> None:
         self.model: UQDM = loaded.model
-        self.refiners = loaded.refiners
-        self._refined: tuple[int, torch.Tensor] | None = None  # (step, x_hat') once computed
+        self.loaded = loaded
+        self._refined: tuple[tuple[int, bytes], torch.Tensor] | None = None  # ((step, fit), x_hat') once computed
         self.device = next(self.model.parameters()).device
         self.seed, self.timer, self.progress = seed, timer, progress
         self.split = version >= SPLIT_SINCE  # the networks' tiling (tiling.regions)
@@ -176,19 +176,21 @@ class _Ladder:
         mu_p, sigma_p = prior(self.z, self.eps_hat, self.s_hat, g_t, g_s)
         return StepContext(self.seed, self.i, self.z, g_t, g_s, mu_p, sigma_p, posterior_width(g_t, g_s),
                            self.timer.clock, self.denoised().clamp(-1, 1),
-                           self.refined() if isinstance(coder, GroupedCoder) and coder.refined else None,
+                           self.refined(self.loaded.post_filter(coder.refine_hash))
+                           if isinstance(coder, GroupedCoder) and coder.refine_hash is not None else None,
                            self.split)
 
-    def refined(self) -> torch.Tensor | None:
-        """x_hat' of the model's post-filter at the current step (computed once per step); None where it has no
-        network for this rung."""
-        net = self.refiners.nets.get(self.i) if self.refiners is not None else None
+    def refined(self, post_filter: Refiners | None) -> torch.Tensor | None:
+        """x_hat' of `post_filter` (the model's refine.pt for the reconstruction shown; a step context fit's own for
+        its prior) at the current step, computed once per step and fit; None where it has no network for this rung."""
+        net = post_filter.nets.get(self.i) if post_filter is not None else None
         if net is None:
             return None
-        if self._refined is None or self._refined[0] != self.i:
+        key = (self.i, post_filter.weights_hash)
+        if self._refined is None or self._refined[0] != key:
             t = time.perf_counter()
             with torch.no_grad(), one_thread():
-                self._refined = (self.i, refine(net, self.denoised().clamp(-1, 1), self.z, self.s_hat, self.split))
+                self._refined = (key, refine(net, self.denoised().clamp(-1, 1), self.z, self.s_hat, self.split))
             self.timer.network += time.perf_counter() - t
         return self._refined[1]
 
@@ -234,7 +236,7 @@ class _Ladder:
     def reconstruct(self, recon: str) -> np.ndarray:
         """The image shown at the current step: denoise (x_hat, refined by the model's post-filter for this rung
         when it has one), unrefined (x_hat), flow (DDIM to t = 0) or ancestral sampling."""
-        refined = self.refined() if recon == "denoise" else None
+        refined = self.refined(self.loaded.refiners) if recon == "denoise" else None
         if refined is not None:
             return _to_uint8(refined)
         if recon in ("denoise", "unrefined") or self.i == self.T:

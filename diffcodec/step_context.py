@@ -119,7 +119,7 @@ class GroupedCoder:
         if inner.coder_id not in GROUPED:
             raise ValueError(f"coder id {inner.coder_id} has no grouped form")
         self.inner, self.net, self.weights_hash = inner, fit.nets[step], fit.weights_hash
-        self.refined = fit.refine_hash is not None  # the network reads the post-filter's x_hat'
+        self.refine_hash = fit.refine_hash  # the post-filter whose x_hat' the network reads (None: the U-Net's x_hat)
         self.coder_id = GROUPED[inner.coder_id]
 
     def _walk(self, ctx: StepContext, send_part: Callable[[int, StepContext, Tensor], Tensor]) -> Tensor:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from .context import CONTEXT_FILE, PixelContext, earlier_fits, load_context
+from .context import CONTEXT_FILE, PixelContext, earlier_fit_name, earlier_fits, load_context
 from .errors import BadInputError, ModelError
 from .refine import REFINE_FILE, Refiners, load_refiners
 from .step_context import STEP_CONTEXT_FILE, StepNets, load_step_nets
@@ -48,6 +48,7 @@ class LoadedModel:
     refiners: Refiners | None = None  # the decoder's post-filter networks beside it (refine.pt), if any
     earlier_contexts: tuple[PixelContext, ...] = ()  # earlier pixel context fits beside it (context.earlier_fits)
     earlier_step_nets: tuple[StepNets, ...] = ()  # earlier step context fits beside it
+    earlier_refiners: tuple[Refiners, ...] = ()  # earlier post-filter fits beside it (read by step context fits)
 
     @property
     def context_fits(self) -> tuple[PixelContext, ...]:
@@ -58,6 +59,10 @@ class LoadedModel:
     def step_fits(self) -> tuple[StepNets, ...]:
         """Every step context fit a grouped chunk may name: step_context.pt (the encoder's), then the earlier ones."""
         return ((self.step_nets,) if self.step_nets is not None else ()) + self.earlier_step_nets
+
+    def post_filter(self, weights_hash: bytes) -> Refiners:
+        """The post-filter fit (refine.pt or an earlier one) of that weights hash, which a step context fit reads."""
+        return next(r for r in (self.refiners, *self.earlier_refiners) if r is not None and r.weights_hash == weights_hash)
 
 
 def resolve(name_or_path: str | Path) -> tuple[str, Path]:
@@ -152,21 +157,22 @@ def _load_cached(path: str, mtimes: tuple[float | None, ...], device: str) -> Lo
     step_nets = _beside(p, STEP_CONTEXT_FILE, digest, lambda f: load_step_nets(f, weights_hash(f), device),
                         "train-step-context")
     refiners = _beside(p, REFINE_FILE, digest, lambda f: load_refiners(f, weights_hash(f), device), "train-refine")
-    _check_refined_steps(p, step_nets, refiners)
-    post_filter = None if refiners is None else refiners.weights_hash
-    # earlier fits that still apply: made for these weights (and steps reading the U-Net's x_hat or this post-filter)
+    # earlier fits that still apply: made for these weights (and steps reading the U-Net's x_hat or a post-filter here)
     contexts = tuple(c for c in _earlier(p, CONTEXT_FILE, load_context, device) if c.model_hash == digest)
+    post_filters = tuple(r for r in _earlier(p, REFINE_FILE, load_refiners, device) if r.model_hash == digest)
+    readable = {None, *(r.weights_hash for r in (refiners, *post_filters) if r is not None)}
+    _check_refined_steps(p, step_nets, readable)
     step_fits = tuple(f for f in _earlier(p, STEP_CONTEXT_FILE, load_step_nets, device)
-                      if f.model_hash == digest and f.refine_hash in (None, post_filter))
+                      if f.model_hash == digest and f.refine_hash in readable)
     return LoadedModel(name, digest, p, model, steps, default_coding(p, steps), context, step_nets, refiners,
-                       contexts, step_fits)
+                       contexts, step_fits, post_filters)
 
 
 def _earlier_files(path: Path) -> list[Path]:
-    """The earlier context fits kept beside a model file (context.earlier_fits of context.pt and step_context.pt)."""
+    """The earlier fits kept beside a model file (context.earlier_fits of context.pt, step_context.pt, refine.pt)."""
     if path.name != WEIGHTS_FILE:
         return []
-    return [f for file in (CONTEXT_FILE, STEP_CONTEXT_FILE) for f in earlier_fits(path.parent, file)]
+    return [f for file in (CONTEXT_FILE, STEP_CONTEXT_FILE, REFINE_FILE) for f in earlier_fits(path.parent, file)]
 
 
 def _earlier(path: Path, file: str, load: Callable[[Path, bytes, str], T], device: str) -> list[T]:
@@ -186,15 +192,16 @@ def _beside(path: Path, file: str, model_hash: bytes, load: Callable[[Path], Any
     return context
 
 
-def _check_refined_steps(path: Path, step_nets: StepNets | None, refiners: Refiners | None) -> None:
-    """Refuse step context networks that read a post-filter the model folder does not hold."""
+def _check_refined_steps(path: Path, step_nets: StepNets | None, readable: set[bytes | None]) -> None:
+    """Refuse step context networks that read a post-filter the model folder does not hold (`readable`: the weights
+    hashes of refine.pt and its earlier fits, and None)."""
     wanted = None if step_nets is None else step_nets.refine_hash
-    if wanted is None or (refiners is not None and refiners.weights_hash == wanted):
+    if wanted in readable:
         return
-    found = "is missing" if refiners is None else f"has {refiners.weights_hash.hex()}"
-    raise ModelError(f"{path.parent / STEP_CONTEXT_FILE} reads the post-filter {wanted.hex()}, but "
-                     f"{path.parent / REFINE_FILE} {found}: put that {REFINE_FILE} back, or refit the step context "
-                     "(diffcodec train-step-context)")
+    assert wanted is not None
+    raise ModelError(f"{path.parent / STEP_CONTEXT_FILE} reads the post-filter {wanted.hex()}, but neither "
+                     f"{path.parent / REFINE_FILE} nor {earlier_fit_name(REFINE_FILE, wanted)} beside it has it: put "
+                     f"that file back, or refit the step context (diffcodec train-step-context)")
 
 
 def load_model(name_or_path: str | Path = DEFAULT_MODEL, device: str = "cpu") -> LoadedModel:

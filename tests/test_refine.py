@@ -15,6 +15,7 @@ import diffcodec
 from diffcodec import step_context as sc
 from diffcodec.bitstream import CODER_REC_ESCAPE_GROUPED, CODER_UQ_GROUPED, read_stream
 from diffcodec.cli import app
+from diffcodec.context import earlier_fit_name
 from diffcodec.codec import psnr
 from diffcodec.errors import BadInputError, ModelError
 from diffcodec.refine import REFINE_FILE
@@ -168,5 +169,25 @@ def test_step_context_on_the_post_filter_decodes_exactly(refined_steps_model: Pa
 def test_step_context_without_its_post_filter_is_refused(refined_steps_model: Path, tmp_path: Path) -> None:
     folder = copy_default(tmp_path / "default")
     shutil.copy(refined_steps_model / sc.STEP_CONTEXT_FILE, folder / sc.STEP_CONTEXT_FILE)
-    with pytest.raises(ModelError, match="reads the post-filter .* is missing"):
+    with pytest.raises(ModelError, match=r"reads the post-filter .* nor refine\.[0-9a-f]{16}\.pt"):
         load_model(folder)
+
+
+def test_a_post_filter_refit_keeps_the_fit_the_step_context_reads(refined_steps_model: Path, pixels: np.ndarray,
+                                                                   photos: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    monkeypatch.setattr(sc, "MIN_STEP_BITS", 0)  # group the steps of this small crop
+    folder = tmp_path / "default"
+    shutil.copytree(refined_steps_model, folder)
+    old = diffcodec.encode(pixels, model=folder, seed=5)
+    first = load_model(folder).refiners
+    assert first is not None
+    train_refine(_options(photos, folder, iters=2, seed=1), log=lambda line: None)  # a refit writes refine.pt
+    loaded = load_model(folder)  # its step context still reads the first fit, kept beside it
+    assert loaded.refiners is not None and loaded.refiners.weights_hash != first.weights_hash
+    assert (folder / earlier_fit_name(REFINE_FILE, first.weights_hash)).is_file()
+    assert loaded.step_nets is not None and loaded.step_nets.refine_hash == first.weights_hash
+    assert np.array_equal(diffcodec.decode(old, model=folder), pixels)  # every rung checked
+    assert diffcodec.encode(pixels, model=folder, seed=5) == old  # the same priors: the same bytes
+    shown = diffcodec.decode(old, model=folder, rung=4)  # shown by the new post-filter
+    assert not np.array_equal(shown, diffcodec.decode(old, model=refined_steps_model, rung=4))

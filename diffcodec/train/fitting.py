@@ -33,7 +33,7 @@ def seeded_crops(data: Path, val: Path | None, crop: int, pool: int, val_crops: 
 
 
 def keep_earlier_fit(out: Path, beside: Path) -> None:
-    """Before a fit writes `out` over the model's context file `beside` (context.pt, step_context.pt), copy that
+    """Before a fit writes `out` over the model's file `beside` (context.pt, step_context.pt, refine.pt), copy that
     file to its earlier-fit name (context.earlier_fit_name): files coded with it then still decode in full."""
     if not out.is_file() or out.resolve() != beside.resolve():
         return

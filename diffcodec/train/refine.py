@@ -23,7 +23,7 @@ from ..refine import REFINE_FILE, load_refiners, new_refiner, refine, save_refin
 from ..uqdm import UQDM, denoise, to_pixel_units, to_unit
 from ..zoo import load_model
 from .chain import chain_to, step_families
-from .fitting import fit, seeded, seeded_crops
+from .fitting import fit, keep_earlier_fit, seeded, seeded_crops
 
 POOL_BATCH = 32  # crops per U-Net call while a pool is made
 
@@ -116,6 +116,7 @@ def train_refine(opts: RefineOptions, log: Callable[[str], None] = print,
         raise BadInputError(f"--rung must be in [1, {T}] for model {loaded.name!r} (its codec.json codes {T} steps; "
                             f"rung {T + 1} is lossless), got {rungs}")
     out = opts.out or loaded.path.parent / REFINE_FILE
+    keep_earlier_fit(out, loaded.path.parent / REFINE_FILE)
     rng, gen, train_pix, val_pix = seeded_crops(opts.data, opts.val, opts.crop, opts.pool, opts.val_crops, opts.seed)
     nets = _initial_nets(opts, loaded.weights_hash, rungs)
     plain, fitted = {}, {}
