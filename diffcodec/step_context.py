@@ -205,8 +205,9 @@ def grouped_receiver(coder_id: int, chunk: int, fits: Sequence[StepNets], payloa
         if fit is not None:
             found = f"those weights have no network for step {chunk + 1}"
         elif fits:
-            found = (f"this model has {', '.join(f.weights_hash.hex() for f in fits)} ({STEP_CONTEXT_FILE} and its "
-                     f"earlier fits beside the model file; that one would be {earlier_fit_name(STEP_CONTEXT_FILE, wanted)})")
+            found = (f"this model's step context fits are {', '.join(f.weights_hash.hex() for f in fits)} "
+                     f"({STEP_CONTEXT_FILE} and the earlier fits beside the model file), and "
+                     f"{earlier_fit_name(STEP_CONTEXT_FILE, wanted)} is not beside it")
         else:
             found = f"this model has no step context network ({STEP_CONTEXT_FILE} beside the model file)"
         raise ModelError(f"chunk {chunk} was sent with step context weights {wanted.hex()}, but {found}; rungs 0 to "

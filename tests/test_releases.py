@@ -1,0 +1,27 @@
+"""Files written by earlier releases of the default model decode exactly: the context, step context and post-filter
+fits they name are kept beside the model (`context.HASH.pt`, `step_context.HASH.pt`, `refine.HASH.pt`).
+
+tests/data/releases/COMMIT.dcz is tests/data/kodim01_64.png encoded with `--seed 1` by the code and weights of
+that commit (0feee64: pixel context for 6 steps; a1c4899 and acf4339: 5 steps, pixel context refits; 1d0a700: the
+first step context; 4d12d17: the step context on the post-filter; 189cc2c: REC steps with chunks sent by UQ)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import diffcodec
+from diffcodec.bitstream import read_stream
+from diffcodec.zoo import load_model
+
+from conftest import DATA, DEFAULT_WEIGHTS, KODIM01, rgb_pixels
+
+RELEASES = ("0feee64", "a1c4899", "acf4339", "1d0a700", "4d12d17", "189cc2c")
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_a_file_of_an_earlier_release_decodes_exactly(release: str) -> None:
+    data = (DATA / "releases" / f"{release}.dcz").read_bytes()
+    assert read_stream(data).header.weights_hash == load_model(DEFAULT_WEIGHTS).weights_hash
+    rungs = diffcodec.decode_rungs(data)  # every rung is checked against the encoder's
+    assert np.array_equal(rungs[-1].pixels, rgb_pixels(KODIM01))
