@@ -69,14 +69,14 @@ class ChainEnd(NamedTuple):
 
 
 def earlier_fit_name(file: str, weights_hash: bytes) -> str:
-    """The name a context file (`file`: context.pt, step_context.pt) keeps beside its model once a refit replaces it:
-    `file` with the first 8 bytes of its sha256 in hex before `.pt`. The decoder reads the chunks that name those
-    weights with it; the encoder uses `file` alone."""
+    """The name a fitted file (`file`: context.pt, step_context.pt, refine.pt) keeps beside its model once a refit
+    replaces it: `file` with the first 8 bytes of its sha256 in hex before `.pt`. The decoder reads the chunks that
+    name those weights with it (and step context fits the post-filter they name); the encoder uses `file` alone."""
     return f"{file.removesuffix('.pt')}.{weights_hash.hex()}.pt"
 
 
 def earlier_fits(folder: Path, file: str) -> list[Path]:
-    """The earlier fits of context file `file` kept in `folder` (earlier_fit_name), by name."""
+    """The earlier fits of `file` kept in `folder` (earlier_fit_name), by name."""
     pattern = re.compile(re.escape(file.removesuffix(".pt")) + r"\.[0-9a-f]{16}\.pt")
     return sorted(f for f in folder.iterdir() if pattern.fullmatch(f.name))
 
