@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -24,7 +24,14 @@ DEFAULT_MODEL = "default"
 WEIGHTS_FILE = "model.pt"
 CODEC_FILE = "codec.json"  # beside a model file: the encoder's defaults for it, e.g. {"steps": 6, "coder": "uq"}
 CODEC_KEYS = {"steps", *Coding.__dataclass_fields__}
-T = TypeVar("T")
+FITTED_FILES = (CONTEXT_FILE, STEP_CONTEXT_FILE, REFINE_FILE)  # beside a model file: its small fitted networks
+
+
+class _Fit(Protocol):
+    model_hash: bytes  # the weights a fitted file (PixelContext, StepNets, Refiners) was made for
+
+
+T = TypeVar("T", bound=_Fit)
 
 
 def weights_dirs() -> list[Path]:
@@ -62,7 +69,8 @@ class LoadedModel:
 
     def post_filter(self, weights_hash: bytes) -> Refiners:
         """The post-filter fit (refine.pt or an earlier one) of that weights hash, which a step context fit reads."""
-        return next(r for r in (self.refiners, *self.earlier_refiners) if r is not None and r.weights_hash == weights_hash)
+        fits = (self.refiners, *self.earlier_refiners)
+        return next(r for r in fits if r is not None and r.weights_hash == weights_hash)
 
 
 def resolve(name_or_path: str | Path) -> tuple[str, Path]:
@@ -157,27 +165,28 @@ def _load_cached(path: str, mtimes: tuple[float | None, ...], device: str) -> Lo
     step_nets = _beside(p, STEP_CONTEXT_FILE, digest, lambda f: load_step_nets(f, weights_hash(f), device),
                         "train-step-context")
     refiners = _beside(p, REFINE_FILE, digest, lambda f: load_refiners(f, weights_hash(f), device), "train-refine")
-    # earlier fits that still apply: made for these weights (and steps reading the U-Net's x_hat or a post-filter here)
-    contexts = tuple(c for c in _earlier(p, CONTEXT_FILE, load_context, device) if c.model_hash == digest)
-    post_filters = tuple(r for r in _earlier(p, REFINE_FILE, load_refiners, device) if r.model_hash == digest)
+    contexts = _earlier(p, CONTEXT_FILE, digest, load_context, device)
+    post_filters = _earlier(p, REFINE_FILE, digest, load_refiners, device)
     readable = {None, *(r.weights_hash for r in (refiners, *post_filters) if r is not None)}
     _check_refined_steps(p, step_nets, readable)
-    step_fits = tuple(f for f in _earlier(p, STEP_CONTEXT_FILE, load_step_nets, device)
-                      if f.model_hash == digest and f.refine_hash in readable)
+    # earlier step context fits reading the U-Net's x_hat or a post-filter that is here
+    step_fits = tuple(f for f in _earlier(p, STEP_CONTEXT_FILE, digest, load_step_nets, device)
+                      if f.refine_hash in readable)
     return LoadedModel(name, digest, p, model, steps, default_coding(p, steps), context, step_nets, refiners,
                        contexts, step_fits, post_filters)
 
 
-def _earlier_files(path: Path) -> list[Path]:
-    """The earlier fits kept beside a model file (context.earlier_fits of context.pt, step_context.pt, refine.pt)."""
-    if path.name != WEIGHTS_FILE:
-        return []
-    return [f for file in (CONTEXT_FILE, STEP_CONTEXT_FILE, REFINE_FILE) for f in earlier_fits(path.parent, file)]
+def _earlier_files(path: Path, files: tuple[str, ...] = FITTED_FILES) -> list[Path]:
+    """The earlier fits of `files` kept beside a model file (context.earlier_fits)."""
+    return [f for file in files for f in earlier_fits(path.parent, file)] if path.name == WEIGHTS_FILE else []
 
 
-def _earlier(path: Path, file: str, load: Callable[[Path, bytes, str], T], device: str) -> list[T]:
-    """The earlier fits of context file `file` beside a model file, loaded (a file that does not read: ModelError)."""
-    return [load(f, weights_hash(f), device) for f in earlier_fits(path.parent, file)] if path.name == WEIGHTS_FILE else []
+def _earlier(path: Path, file: str, model_hash: bytes, load: Callable[[Path, bytes, str], T],
+             device: str) -> tuple[T, ...]:
+    """The earlier fits of `file` beside a model file that were made for its weights, loaded (a file that does not
+    read: ModelError)."""
+    fits = (load(f, weights_hash(f), device) for f in _earlier_files(path, (file,)))
+    return tuple(fit for fit in fits if fit.model_hash == model_hash)
 
 
 def _beside(path: Path, file: str, model_hash: bytes, load: Callable[[Path], Any], command: str) -> Any:
@@ -207,9 +216,8 @@ def _check_refined_steps(path: Path, step_nets: StepNets | None, readable: set[b
 def load_model(name_or_path: str | Path = DEFAULT_MODEL, device: str = "cpu") -> LoadedModel:
     """Load (and cache) a model by zoo name or path."""
     name, path = resolve(name_or_path)
-    # a new model, context.pt, step_context.pt, refine.pt or earlier step context fit is seen at once
-    beside = (CONTEXT_FILE, STEP_CONTEXT_FILE, REFINE_FILE)
+    # a new model, context.pt, step_context.pt, refine.pt or earlier fit of one of them is seen at once
     mtimes = tuple(f.stat().st_mtime if f.is_file() else None
-                   for f in (path, *(path.parent / side for side in beside), *_earlier_files(path)))
+                   for f in (path, *(path.parent / side for side in FITTED_FILES), *_earlier_files(path)))
     loaded = _load_cached(str(path.resolve()), mtimes, device)
     return replace(loaded, name=name)
