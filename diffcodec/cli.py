@@ -64,6 +64,7 @@ class Recon(str, Enum):
     unrefined = "unrefined"
     flow = "flow"
     ancestral = "ancestral"
+    ensemble = "ensemble"
 
 
 _run = {"debug": False}  # this invocation's global options, set by _options
@@ -112,8 +113,9 @@ def _one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
 
 
 DEVICE_HELP = "where the network runs: auto, cpu or cuda (decode on the kind you encoded on)"
-RECON_HELP = ("how to show a lossy rung: denoise (best PSNR: the network's estimate, refined by the model's "
-              "post-filter refine.pt when it has one), unrefined (the network's estimate alone), flow "
+RECON_HELP = ("how to show a lossy rung: denoise (the network's estimate, refined by the model's post-filter "
+              "refine.pt when it has one), ensemble (best PSNR: denoise averaged over four flips of the latent, four "
+              "times the network work per rung shown), unrefined (the network's estimate alone), flow "
               "(deterministic), ancestral (sampled, sharpest)")
 
 

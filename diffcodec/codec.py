@@ -50,7 +50,8 @@ from .uqdm import (
 from .schedule import alpha, sigma
 from .zoo import DEFAULT_MODEL, LoadedModel, find_by_hash, load_model
 
-RECONS = ("denoise", "unrefined", "flow", "ancestral")
+RECONS = ("denoise", "unrefined", "flow", "ancestral", "ensemble")
+FLIPS = ((), (-1,), (-2,), (-2, -1))  # the views of z the ensemble averages: as is, mirrored, upside down, both
 MAX_PIXELS = 2**28
 """Largest H x W the decoder accepts by default (`max_pixels=`, `--max-pixels`): a header claiming more is
 refused before anything is allocated."""
@@ -233,9 +234,28 @@ class _Ladder:
         decoded chain, and is the same with or without a post-filter)."""
         return _to_uint8(self.denoised().clamp(-1, 1))
 
+    def _denoised_view(self, dims: tuple[int, ...]) -> torch.Tensor:
+        """The denoise image (x_hat, refined by the model's post-filter for this rung when it has one) as the
+        networks see z flipped along `dims`, flipped back."""
+        refined = self.refined(self.loaded.refiners)
+        if not dims:
+            return self.denoised().clamp(-1, 1) if refined is None else refined
+        t = time.perf_counter()
+        z, gamma = self.z.flip(dims), self.gammas[self.i]
+        eps_hat, s_hat = self._net(z, gamma)
+        x_hat = denoise(z, eps_hat, gamma).clamp(-1, 1)
+        if refined is not None:
+            with torch.no_grad(), one_thread():
+                x_hat = refine(self.loaded.refiners.nets[self.i], x_hat, z, s_hat, self.split)
+        self.timer.network += time.perf_counter() - t
+        return x_hat.flip(dims)
+
     def reconstruct(self, recon: str) -> np.ndarray:
         """The image shown at the current step: denoise (x_hat, refined by the model's post-filter for this rung
-        when it has one), unrefined (x_hat), flow (DDIM to t = 0) or ancestral sampling."""
+        when it has one), ensemble (denoise averaged over the FLIPS of z), unrefined (x_hat), flow (DDIM to t = 0)
+        or ancestral sampling."""
+        if recon == "ensemble":  # x_ens = mean_f f^-1(x_hat'(f z))
+            return _to_uint8(sum(self._denoised_view(dims) for dims in FLIPS) / len(FLIPS))
         refined = self.refined(self.loaded.refiners) if recon == "denoise" else None
         if refined is not None:
             return _to_uint8(refined)

@@ -158,7 +158,7 @@ def test_truncated_file_with_rung(tmp_path: Path, tiny_model: Path, stream20: by
                               diffcodec.decode(stream20, rung=k, model=tiny_model))
 
 
-@pytest.mark.parametrize("recon", ["denoise", "flow", "ancestral"])
+@pytest.mark.parametrize("recon", ["denoise", "flow", "ancestral", "ensemble"])
 def test_recon_option(recon: str, stream_file: Path, tmp_path: Path, tiny_model: Path, stream20: bytes) -> None:
     result = ok(cli("decode", stream_file, "-o", tmp_path / "x.png", "--model", tiny_model, "--rung", 2,
                     "--recon", recon))

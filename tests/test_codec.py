@@ -14,7 +14,7 @@ import pytest
 import diffcodec
 from diffcodec import BadInputError, BitstreamError, ModelError
 from diffcodec.bitstream import CHUNK_FRAME_SIZE, CODER_REC, Chunk, read_stream, write_stream
-from diffcodec.codec import RECONS, iter_rungs, open_stream, rung_table
+from diffcodec.codec import RECONS, iter_rungs, open_stream, psnr, rung_table
 
 from conftest import (
     DEFAULT_WEIGHTS,
@@ -185,8 +185,17 @@ def test_each_reconstruction_decodes_every_rung(recon: str, tiny_model: Path, st
     assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(rungs, again))
 
 
+def test_the_ensemble_shows_every_lossy_rung_of_a_photo_closer_than_denoise() -> None:
+    pixels = np.ascontiguousarray(rgb_pixels(KODIM15)[:96, :128])
+    data = diffcodec.encode(pixels, seed=0)  # the default model, with its post-filter
+    denoised, ensemble = (diffcodec.decode_rungs(data, recon=recon) for recon in ("denoise", "ensemble"))
+    assert np.array_equal(ensemble[-1].pixels, pixels)
+    for d, e in zip(denoised[:-1], ensemble[:-1]):
+        assert psnr(e.pixels, pixels) > psnr(d.pixels, pixels)  # measured: +0.01 to +0.43 dB
+
+
 def test_unknown_reconstruction_is_refused(tiny_model: Path, stream20: bytes) -> None:
-    with pytest.raises(BadInputError, match="denoise, unrefined, flow, ancestral"):
+    with pytest.raises(BadInputError, match="denoise, unrefined, flow, ancestral, ensemble"):
         diffcodec.decode(stream20, recon="sharpest", model=tiny_model)
 
 

@@ -202,19 +202,36 @@ def test_training_refuses_a_step_outside_the_chain(grouped_model: Path, photos: 
         train_step_context(opts, log=lambda line: None)
 
 
+def _refit_step_5(model: Path, photos: Path, out: Path, **kw: object) -> StepContextOptions:
+    """Options of a one-iteration refit of step 5 at learning rate 0 from the model's step context file."""
+    return StepContextOptions(data=photos, val=photos, model=str(model), steps=(5,), iters=1, batch=4, crop=32,
+                              pool=16, val_crops=8, lr=0.0, out=out, init=model / sc.STEP_CONTEXT_FILE,
+                              **kw)  # type: ignore[arg-type]
+
+
 def test_training_can_start_from_a_step_context_file(grouped_model: Path, photos: Path, tmp_path: Path) -> None:
     start = grouped_model / sc.STEP_CONTEXT_FILE
-    opts = StepContextOptions(data=photos, val=photos, model=str(grouped_model), steps=(5,), iters=1, batch=4,
-                              crop=32, pool=16, val_crops=8, lr=0.0, width=4, blocks=0, out=tmp_path / "more.pt",
-                              init=start)
-    summary = train_step_context(opts, log=lambda line: None)
+    summary = train_step_context(_refit_step_5(grouped_model, photos, tmp_path / "more.pt"), log=lambda line: None)
     assert summary.context_bits[5] < summary.plain_bits[5]  # the start was the fitted network, not a zero output
     saved, first = (torch.load(p, weights_only=True)["nets"] for p in (summary.path, start))
-    assert saved["4"]["config"] == first["4"]["config"]  # width and blocks come from the file, not the options
+    assert saved["4"]["config"] == first["4"]["config"]  # width and blocks come from the file
     assert all(torch.equal(saved["4"]["state_dict"][k], v) for k, v in first["4"]["state_dict"].items())  # lr 0
     with pytest.raises(BadInputError, match="made for model"):
         train_step_context(StepContextOptions(data=photos, val=photos, model=str(grouped_model), steps=(1,), iters=1,
                                               init=start), log=lambda line: None)
+
+
+def test_a_refit_can_deepen_its_networks_from_where_they_were(grouped_model: Path, photos: Path,
+                                                              tmp_path: Path) -> None:
+    kept = train_step_context(_refit_step_5(grouped_model, photos, tmp_path / "kept.pt"), log=lambda line: None)
+    deeper = train_step_context(_refit_step_5(grouped_model, photos, tmp_path / "deeper.pt", blocks=3),
+                                log=lambda line: None)
+    assert torch.load(deeper.path, weights_only=True)["nets"]["4"]["config"] == {"width": 8, "blocks": 3}
+    assert deeper.context_bits[5] == kept.context_bits[5]  # the added blocks start as the identity
+    assert deeper.parameters > kept.parameters
+    for kw, match in [({"blocks": 0}, "can add blocks, not remove them"), ({"width": 16}, "has 8 channels")]:
+        with pytest.raises(BadInputError, match=match):
+            train_step_context(_refit_step_5(grouped_model, photos, tmp_path / "bad.pt", **kw), log=lambda line: None)
 
 
 def test_part_streams_are_apart_from_every_step() -> None:

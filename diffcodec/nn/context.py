@@ -10,7 +10,7 @@ inputs and outputs.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -53,6 +53,19 @@ class ContextNet(nn.Module):
         for block in self.blocks:
             h = h + block(h)
         return self.out(F.silu(h))
+
+
+def deepen(net: ContextNet, blocks: int) -> ContextNet:
+    """`net` with residual blocks added after its own up to `blocks`, each new one starting at the identity (its last
+    conv zero): the same function, with more depth to train (on the CPU, training mode)."""
+    if blocks < net.config.blocks:
+        raise ValueError(f"cannot deepen a network of {net.config.blocks} blocks to {blocks}")
+    deeper = ContextNet(replace(net.config, blocks=blocks), net.inp.in_channels, net.out.out_channels)
+    deeper.load_state_dict(net.state_dict(), strict=False)  # the new blocks' keys are the ones missing
+    for block in deeper.blocks[net.config.blocks:]:
+        nn.init.zeros_(block[-1].weight)  # h + block(h) = h
+        nn.init.zeros_(block[-1].bias)
+    return deeper
 
 
 def to_entry(net: ContextNet) -> dict:

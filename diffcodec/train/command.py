@@ -177,8 +177,11 @@ def train_step_context_command(
     pool: int = typer.Option(2048, "--pool", min=1, help="training crops taken down the chain once per step, then "
                              "resampled"),
     lr: float = typer.Option(1e-3, "--lr", min=0.0, help="peak Adam learning rate (cosine to a tenth)"),
-    width: int = typer.Option(16, "--width", min=1, help="channels of each step's context network"),
-    blocks: int = typer.Option(2, "--blocks", min=0, help="residual blocks of each step's context network"),
+    width: Optional[int] = typer.Option(None, "--width", min=1, help="channels of each step's context network "
+                                        "(default: 16; with --init, that file's)"),
+    blocks: Optional[int] = typer.Option(None, "--blocks", min=0, help="residual blocks of each step's context "
+                                         "network (default: 2; with --init, that file's, and more than its own add "
+                                         "blocks that start as the identity)"),
     eval_every: int = typer.Option(500, "--eval-every", min=1, help="optimiser steps between held-out measurements "
                                    "(and saves)"),
     out: Optional[Path] = typer.Option(None, "--out", help="step context file to write (default: step_context.pt "
@@ -187,7 +190,7 @@ def train_step_context_command(
     seed: int = typer.Option(0, "--seed", min=0, help="seed of the crops, the noise and the batches"),
     threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch's default)"),
     init: Optional[Path] = typer.Option(None, "--init", help="step context file to start from (made for this model "
-                                        "and holding these steps; its networks' width and blocks are kept)"),
+                                        "and holding these steps; its networks keep their width)"),
     refined: bool = typer.Option(True, "--refined/--unrefined", help="let each step's network read the post-filter's "
                                  "refined x_hat' and its prior mean where the model has one (refine.pt beside it; the "
                                  "file then names it, and needs it), or the U-Net's x_hat"),

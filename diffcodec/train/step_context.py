@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..context import GROUPS, channel_means
 from ..errors import BadInputError
-from ..nn.context import ContextConfig, ContextNet
+from ..nn.context import ContextConfig, ContextNet, deepen
 from ..rec.family import StepPrior, kl_bits
 from ..refine import refine
 from ..step_context import STEP_CONTEXT_FILE, group_prior, load_step_nets, refined_inputs, save_step_nets
@@ -45,13 +45,13 @@ class StepContextOptions:
     pool: int = 2048
     val_crops: int = 256
     lr: float = 1e-3
-    width: int = 16
-    blocks: int = 2
+    width: int | None = None  # channels of a new network (None: 16); a network from `init` keeps its own
+    blocks: int | None = None  # residual blocks (None: 2, or those of `init`; more than init's deepen its networks)
     eval_every: int = 500
     seed: int = 0
     out: Path | None = None  # default: step_context.pt beside the model file
     val: Path | None = None  # held-out photos (default: 1 in 25 of data, by name hash)
-    init: Path | None = None  # a step context file to start from (its networks replace width and blocks)
+    init: Path | None = None  # a step context file to start from
     refined: bool = True  # read the post-filter's x_hat' where the model has one (refine.pt), else the U-Net's x_hat
 
 
@@ -121,14 +121,26 @@ def held_out_bits(net: ContextNet | None, pool: StepPool) -> float:
 
 
 def _initial_nets(opts: StepContextOptions, model_hash: bytes, steps: list[int]) -> dict[int, ContextNet]:
-    """Networks to train, by step index: those of `opts.init` (made for this model), else new weights from the seed."""
+    """Networks to train, by step index: those of `opts.init` (made for this model; deepened to `opts.blocks`), else
+    new weights from the seed."""
     if opts.init is None:
-        return seeded(opts.seed, lambda: {i: ContextNet(ContextConfig(opts.width, opts.blocks)) for i in steps})
+        config = ContextConfig(opts.width or 16, 2 if opts.blocks is None else opts.blocks)
+        return seeded(opts.seed, lambda: {i: ContextNet(config) for i in steps})
     start = load_step_nets(opts.init, b"")  # its file hash names coded chunks only: not needed to train
     if start.model_hash != model_hash or not set(steps) <= set(start.nets):
         raise BadInputError(f"--init {opts.init}: made for model {start.model_hash.hex()} and steps "
                             f"{sorted(i + 1 for i in start.nets)}, not {model_hash.hex()} and {[i + 1 for i in steps]}")
-    return {i: start.nets[i].requires_grad_(True).train() for i in steps}
+    nets = {i: start.nets[i] for i in steps}
+    for i, net in nets.items():
+        if opts.width is not None and opts.width != net.config.width:
+            raise BadInputError(f"--width {opts.width}: the network of step {i + 1} in --init {opts.init} has "
+                                f"{net.config.width} channels, which a refit keeps (leave --width out)")
+        if opts.blocks is not None and opts.blocks < net.config.blocks:
+            raise BadInputError(f"--blocks {opts.blocks}: the network of step {i + 1} in --init {opts.init} has "
+                                f"{net.config.blocks} blocks; a refit can add blocks, not remove them")
+    blocks = opts.blocks
+    return seeded(opts.seed, lambda: {i: (net if blocks is None else deepen(net, blocks)).requires_grad_(True).train()
+                                      for i, net in nets.items()})
 
 
 def train_step_context(opts: StepContextOptions, log: Callable[[str], None] = print,
