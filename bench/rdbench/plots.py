@@ -19,6 +19,7 @@ STYLE = {  # codec -> matplotlib line style
     "diffcodec unrefined": dict(color="black", marker="o", lw=1.2, ls=":"),
     "diffcodec flow": dict(color="dimgray", marker="s", lw=1.6),
     "diffcodec ancestral": dict(color="darkgray", marker="^", lw=1.6),
+    "diffcodec ensemble": dict(color="black", marker="D", lw=1.6, ls="--"),
     "JPEG": dict(color="tab:brown", marker="."),
     "WebP": dict(color="tab:green", marker="."),
     "AVIF": dict(color="tab:red", marker="."),
