@@ -2,7 +2,8 @@
 
     python bench/rd.py ../shared/data/kodak --out bench/results/kodak
 
-For each image: diffcodec encoded once (seed 0) and decoded rung by rung with denoise, unrefined, flow, ancestral and ensemble;
+For each image: diffcodec encoded once (seed 0) and decoded rung by rung with denoise, unrefined, flow, ancestral
+and ensemble;
 JPEG, WebP, AVIF, JPEG XL and rate-targeted JPEG 2000 at a sweep of settings; ONE JPEG 2000 file with
 quality layers cut layer by layer; PNG, WebP, JPEG 2000 and JPEG XL lossless. Bytes are real file bytes,
 PSNR (RGB) and MS-SSIM are measured on the decoded pixels. Writes results.json, results.csv, rd_psnr.png,
