@@ -134,14 +134,14 @@ class _Ladder:
     """The shared walk of encoder and decoder down t_0 = 1 > ... > t_T (the first T times of the model's grid)."""
 
     def __init__(self, loaded: LoadedModel, steps: int, seed: int, height: int, width: int, timer: Timer,
-                 progress: Progress | None, version: int, extra_calls: int = 0) -> None:
+                 progress: Progress | None, version: int, total_calls: int) -> None:
         self.model: UQDM = loaded.model
         self.loaded = loaded
         self._refined: tuple[tuple[int, bytes], torch.Tensor] | None = None  # ((step, fit), x_hat') once computed
         self.device = next(self.model.parameters()).device
         self.seed, self.timer, self.progress = seed, timer, progress
         self.split = version >= SPLIT_SINCE  # the networks' tiling (tiling.regions)
-        self.calls, self.total_calls = 0, steps + 1 + extra_calls  # network calls, for the progress callback
+        self.calls, self.total_calls = 0, total_calls  # network calls, for the progress callback
         self.shape = (1, 3, height, width)
         self.T = steps  # the first T steps of the model's grid, then p(x | z_T)
         self.gammas = self.model.gammas(steps).detach()
@@ -243,6 +243,7 @@ class _Ladder:
         t = time.perf_counter()
         z, gamma = self.z.flip(dims), self.gammas[self.i]
         eps_hat, s_hat = self._net(z, gamma)
+        self.tick()
         x_hat = denoise(z, eps_hat, gamma).clamp(-1, 1)
         if refined is not None:
             with torch.no_grad(), one_thread():
@@ -276,6 +277,7 @@ class _Ladder:
                     logistic = logistic_scale(sigma_p) * (torch.log(v) - torch.log1p(-v))  # inverse CDF
                     z = mu_p + logistic + (w - 0.5) * delta
                 eps_hat, s_hat = self._net(z, g_s)
+                self.tick()
             return _to_uint8(denoise(z, eps_hat, self.gammas[self.T]).clamp(-1, 1))
 
 
@@ -325,7 +327,8 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
     # one torch thread for the whole encode, set before the worker starts: its own uses of one_thread are then
     # no-ops, and no thread restores the count while another computes (determinism.py)
     with one_thread(), (ThreadPoolExecutor(1) if overlap else nullcontext()) as pool:
-        ladder = _Ladder(loaded, T, seed, h, w, timer, progress, header.version, len(GROUPS) if pixel_context else 0)
+        ladder = _Ladder(loaded, T, seed, h, w, timer, progress, header.version,
+                         T + 1 + (len(GROUPS) if pixel_context else 0))
         pixels = _pixels_tensor(src, ladder.device)
         x = to_unit(pixels)
         header = replace(header, check=rung_check(ladder.unrefined().tobytes()))
@@ -466,6 +469,14 @@ def _check_context(loaded: LoadedModel, payload: bytes, steps: int) -> PixelCont
                      f"{earlier_fit_name(CONTEXT_FILE, wanted)} is not beside it{lossy}")
 
 
+def _view_calls(recon: str, k: int, T: int) -> int:
+    """U-Net calls that showing rung k (of T steps) as `recon` makes beyond the chain's own: the ensemble's other
+    flips, or the steps flow and ancestral run from k to T."""
+    if recon == "ensemble":
+        return len(FLIPS) - 1
+    return T - k if recon in ("flow", "ancestral") else 0
+
+
 def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, model: str | Path | None = None,
                device: str = "cpu", progress: Progress | None = None, only_last: bool = False,
                timer: Timer | None = None, *, max_pixels: int = MAX_PIXELS) -> Iterator[Rung]:
@@ -487,8 +498,10 @@ def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, mod
     pixel_context = None
     if last > T and stream.chunks[T].coder in CONTEXT_CODERS:  # refused before any work if it cannot be decoded
         pixel_context = _check_context(loaded, stream.chunks[T].payload, T)
-    ladder = _Ladder(loaded, T, stream.header.seed, h, w, timer or Timer(), progress, stream.header.version,
-                     len(GROUPS) if pixel_context else 0)
+    shown_rungs = ([last] if last <= T else []) if only_last else range(min(last, T) + 1)
+    calls = min(last, T) + 1 + (len(GROUPS) if pixel_context else 0)  # the chain's U-Net calls, the context's passes
+    calls += sum(_view_calls(recon, k, T) for k in shown_rungs)
+    ladder = _Ladder(loaded, T, stream.header.seed, h, w, timer or Timer(), progress, stream.header.version, calls)
     checks = [stream.header.check] + [chunk.check for chunk in stream.chunks]
 
     def shown(k: int) -> np.ndarray | None:

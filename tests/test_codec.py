@@ -206,6 +206,12 @@ def test_progress_reports_every_network_call(tiny_model: Path, stream20: bytes) 
     calls.clear()
     diffcodec.decode(stream20, model=tiny_model, progress=lambda done, total: calls.append((done, total)))
     assert calls[-1] == (TINY_STEPS + 1, TINY_STEPS + 1)
+    # a lossy rung: the steps up to it, and the calls its reconstruction makes (three more flips; the steps after it)
+    for recon, extra in [("denoise", 0), ("ensemble", 3), ("flow", TINY_STEPS - 1)]:
+        calls.clear()
+        diffcodec.decode(stream20, rung=1, recon=recon, model=tiny_model,
+                         progress=lambda done, total: calls.append((done, total)))
+        assert calls == [(i, 2 + extra) for i in range(1, 3 + extra)]
 
 
 # --- the encoder's report: estimated bits vs real bytes, encoder vs decoder ---------------------------
