@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -203,10 +204,10 @@ def test_training_refuses_a_step_outside_the_chain(grouped_model: Path, photos: 
 
 
 def _refit_step_5(model: Path, photos: Path, out: Path, **kw: object) -> StepContextOptions:
-    """Options of a one-iteration refit of step 5 at learning rate 0 from the model's step context file."""
+    """Options of a one-iteration refit of step 5 at learning rate 0 from the model's step context file (or `init`)."""
     return StepContextOptions(data=photos, val=photos, model=str(model), steps=(5,), iters=1, batch=4, crop=32,
-                              pool=16, val_crops=8, lr=0.0, out=out, init=model / sc.STEP_CONTEXT_FILE,
-                              **kw)  # type: ignore[arg-type]
+                              pool=16, val_crops=8, lr=0.0, out=out,
+                              **{"init": model / sc.STEP_CONTEXT_FILE, **kw})  # type: ignore[arg-type]
 
 
 def test_training_can_start_from_a_step_context_file(grouped_model: Path, photos: Path, tmp_path: Path) -> None:
@@ -214,11 +215,25 @@ def test_training_can_start_from_a_step_context_file(grouped_model: Path, photos
     summary = train_step_context(_refit_step_5(grouped_model, photos, tmp_path / "more.pt"), log=lambda line: None)
     assert summary.context_bits[5] < summary.plain_bits[5]  # the start was the fitted network, not a zero output
     saved, first = (torch.load(p, weights_only=True)["nets"] for p in (summary.path, start))
-    assert saved["4"]["config"] == first["4"]["config"]  # width and blocks come from the file
-    assert all(torch.equal(saved["4"]["state_dict"][k], v) for k, v in first["4"]["state_dict"].items())  # lr 0
+    assert sorted(saved) == sorted(first) == ["2", "3", "4"]  # steps 3 and 4 kept from the start: a whole file
+    for i in saved:  # the refitted step at lr 0 and the kept ones: config and weights as they were
+        assert saved[i]["config"] == first[i]["config"]  # width and blocks come from the file
+        assert all(torch.equal(saved[i]["state_dict"][k], v) for k, v in first[i]["state_dict"].items())
     with pytest.raises(BadInputError, match="made for model"):
         train_step_context(StepContextOptions(data=photos, val=photos, model=str(grouped_model), steps=(1,), iters=1,
                                               init=start), log=lambda line: None)
+
+
+def test_a_refit_of_some_steps_refuses_a_start_that_reads_another_post_filter(grouped_model: Path, photos: Path,
+                                                                             tmp_path: Path) -> None:
+    """Kept steps would name a post-filter they were not fitted on: refused, unless every step is refitted."""
+    start = load_model(grouped_model).step_nets
+    other = tmp_path / "other_refine.pt"
+    sc.save_step_nets(other, start.nets, start.model_hash, refine_hash=bytes(8))
+    with pytest.raises(BadInputError, match="refit every step"):
+        train_step_context(_refit_step_5(grouped_model, photos, tmp_path / "more.pt", init=other), log=lambda line: None)
+    refit_all = dataclasses.replace(_refit_step_5(grouped_model, photos, tmp_path / "all.pt", init=other), steps=(3, 4, 5))
+    assert sorted(train_step_context(refit_all, log=lambda line: None).context_bits) == [3, 4, 5]
 
 
 def test_a_refit_can_deepen_its_networks_from_where_they_were(grouped_model: Path, photos: Path,

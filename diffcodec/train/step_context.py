@@ -120,16 +120,23 @@ def held_out_bits(net: ContextNet | None, pool: StepPool) -> float:
     return total / pool.z_t.numel()
 
 
-def _initial_nets(opts: StepContextOptions, model_hash: bytes, steps: list[int]) -> dict[int, ContextNet]:
-    """Networks to train, by step index: those of `opts.init` (made for this model; deepened to `opts.blocks`), else
-    new weights from the seed."""
+def _initial_nets(opts: StepContextOptions, model_hash: bytes, refine_hash: bytes | None,
+                  steps: list[int]) -> tuple[dict[int, ContextNet], dict[int, ContextNet]]:
+    """(networks to train, networks kept), by step index. To train: those of `opts.init` (made for this model;
+    deepened to `opts.blocks`), else new weights from the seed. Kept: the other steps of `opts.init`, as they are, so
+    that refitting some steps writes a whole file."""
     if opts.init is None:
         config = ContextConfig(opts.width or 16, 2 if opts.blocks is None else opts.blocks)
-        return seeded(opts.seed, lambda: {i: ContextNet(config) for i in steps})
+        return seeded(opts.seed, lambda: {i: ContextNet(config) for i in steps}), {}
     start = load_step_nets(opts.init, b"")  # its file hash names coded chunks only: not needed to train
     if start.model_hash != model_hash or not set(steps) <= set(start.nets):
         raise BadInputError(f"--init {opts.init}: made for model {start.model_hash.hex()} and steps "
                             f"{sorted(i + 1 for i in start.nets)}, not {model_hash.hex()} and {[i + 1 for i in steps]}")
+    kept = {i: net for i, net in start.nets.items() if i not in steps}
+    if kept and start.refine_hash != refine_hash:
+        read = lambda h: "the U-Net's x_hat" if h is None else f"post-filter {h.hex()}"  # noqa: E731
+        raise BadInputError(f"--init {opts.init}: its networks read {read(start.refine_hash)}, the model's steps "
+                            f"now {read(refine_hash)}: refit every step of it (leave --step out)")
     nets = {i: start.nets[i] for i in steps}
     for i, net in nets.items():
         if opts.width is not None and opts.width != net.config.width:
@@ -140,13 +147,13 @@ def _initial_nets(opts: StepContextOptions, model_hash: bytes, steps: list[int])
                                 f"{net.config.blocks} blocks; a refit can add blocks, not remove them")
     blocks = opts.blocks
     return seeded(opts.seed, lambda: {i: (net if blocks is None else deepen(net, blocks)).requires_grad_(True).train()
-                                      for i, net in nets.items()})
+                                      for i, net in nets.items()}), kept
 
 
 def train_step_context(opts: StepContextOptions, log: Callable[[str], None] = print,
                        report: Callable[[int, int, float], None] | None = None) -> StepContextSummary:
     """Fit the step context networks of `opts.model` for `opts.steps`, one after the other; write them
-    (atomically, after every evaluation) beside the model."""
+    (atomically, after every evaluation) beside the model, with the other steps of `opts.init` as they were."""
     t0 = time.perf_counter()
     loaded = load_model(opts.model)
     T = loaded.default_steps
@@ -159,7 +166,8 @@ def train_step_context(opts: StepContextOptions, log: Callable[[str], None] = pr
     out = opts.out or loaded.path.parent / STEP_CONTEXT_FILE
     keep_earlier_fit(out, loaded.path.parent / STEP_CONTEXT_FILE)
     rng, gen, train_pix, val_pix = seeded_crops(opts.data, opts.val, opts.crop, opts.pool, opts.val_crops, opts.seed)
-    nets = _initial_nets(opts, loaded.weights_hash, steps)
+    refine_hash = None if refiners is None else refiners.weights_hash
+    nets, kept = _initial_nets(opts, loaded.weights_hash, refine_hash, steps)
     plain, fitted = {}, {}
     for n, i in enumerate(steps):
         log(f"step {i + 1} ({families[i]}): taking {len(train_pix)} training and {len(val_pix)} held-out crops to "
@@ -183,8 +191,8 @@ def train_step_context(opts: StepContextOptions, log: Callable[[str], None] = pr
             fitted[i + 1] = held_out_bits(net, val_pool)
             log(f"step {i + 1}, iteration {it}: held-out bits {fitted[i + 1]:.4f} "
                 f"(plain {plain[i + 1]:.4f}, {100 * (fitted[i + 1] / plain[i + 1] - 1):+.2f}%)")
-            save_step_nets(out, {k: nets[k] for k in steps[: n + 1]}, loaded.weights_hash,
-                           None if refiners is None else refiners.weights_hash)
+            save_step_nets(out, dict(sorted({**kept, **{k: nets[k] for k in steps[: n + 1]}}.items())), loaded.weights_hash,
+                           refine_hash)
 
         done = n * opts.iters
         fit(net, batch_loss, opts.iters, opts.lr, opts.eval_every, evaluate,
