@@ -92,6 +92,17 @@ def test_diffcodec_rungs_are_one_file(bench_run, tiny_model: Path) -> None:
         assert all(math.isfinite(p["psnr"]) and 0 < p["msssim"] < 1 for p in rungs)
 
 
+def test_the_nelbo_is_the_encoders(bench_run, tiny_model: Path) -> None:
+    import diffcodec
+
+    _, results = bench_run
+    image = next(i for i in results["images"] if i["image"] == "a.png")
+    pixels = rgb_pixels(SAMPLE)[:176, :176]
+    report = diffcodec.encode_report(pixels, model=tiny_model, seed=3)
+    assert image["nelbo_bpsp"] == pytest.approx(report.nelbo_bits / pixels.size)
+    assert results["mean"]["nelbo_bpsp"] == pytest.approx(sum(i["nelbo_bpsp"] for i in results["images"]) / 2)
+
+
 def test_baselines_are_sane(bench_run) -> None:
     _, results = bench_run
     for codec in ("JPEG", "WebP", "AVIF", "JPEG XL", "JPEG 2000", "JPEG 2000 layers"):

@@ -33,10 +33,13 @@ def point(codec: str, setting: float | str, nbytes: int, decoded: np.ndarray, or
             "psnr": None if exact else psnr(decoded, original), "msssim": 1.0 if exact else ms_ssim(decoded, original)}
 
 
-def diffcodec_points(path: Path, original: np.ndarray, model: str, seed: int, status: Status) -> tuple[bytes, list[dict]]:
-    """Encode once, then decode that one file rung by rung with each reconstruction (fresh decoder each)."""
+def diffcodec_points(path: Path, original: np.ndarray, model: str, seed: int,
+                     status: Status) -> tuple[bytes, float, list[dict]]:
+    """Encode once, then decode that one file rung by rung with each reconstruction (fresh decoder each): the file,
+    the encoder's NELBO in bits per sub-pixel, and the points."""
     status("diffcodec encode")
-    data = encode_report(path, model=model, seed=seed).data
+    result = encode_report(path, model=model, seed=seed)
+    data, nelbo_bpsp = result.data, result.nelbo_bits / original.size
     points = []
     for recon in RECONS:
         status(f"diffcodec {recon}")
@@ -47,7 +50,7 @@ def diffcodec_points(path: Path, original: np.ndarray, model: str, seed: int, st
             points.append(point(DIFFCODEC, LOSSLESS, last.cum_bytes, last.pixels, original))
         elif not np.array_equal(last.pixels, original):
             raise RuntimeError(f"diffcodec {recon}: the last rung is not exact")
-    return data, points
+    return data, nelbo_bpsp, points
 
 
 def baseline_points(original: np.ndarray, status: Status) -> list[dict]:
@@ -69,10 +72,10 @@ def baseline_points(original: np.ndarray, status: Status) -> list[dict]:
 
 
 def measure_diffcodec(path: Path, original: np.ndarray, model: str, seed: int, status: Status) -> tuple[bytes, dict]:
-    """The diffcodec file of one image and its points, with the seconds they took."""
+    """The diffcodec file of one image and its points and NELBO (bits per sub-pixel), with the seconds they took."""
     t = time.perf_counter()
-    data, points = diffcodec_points(path, original, model, seed, status)
-    return data, {"points": points, "seconds": time.perf_counter() - t}
+    data, nelbo_bpsp, points = diffcodec_points(path, original, model, seed, status)
+    return data, {"points": points, "nelbo_bpsp": nelbo_bpsp, "seconds": time.perf_counter() - t}
 
 
 def measure_baselines(original: np.ndarray, status: Status) -> dict:

@@ -80,12 +80,19 @@ def bd_table(curves: dict[str, list[dict]]) -> list[dict]:
     return rows
 
 
+def mean_nelbo(images: list[dict]) -> float | None:
+    """diffcodec's mean NELBO in bits per sub-pixel (None unless every image has it)."""
+    values = [im.get("nelbo_bpsp") for im in images]
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
 def summarize(images: list[dict]) -> dict:
     """Everything computed from the per-image points."""
     curves = mean_curves(images)
     return {
         "curves": curves,
         "lossless_bpsp": lossless_bpsp(images),
+        "nelbo_bpsp": mean_nelbo(images),
         "psnr_at_bpp": {codec: {str(b): psnr_at(c, b) for b in ANCHOR_BPPS} for codec, c in curves.items()},
         "bd": bd_table(curves),
     }
@@ -103,6 +110,7 @@ def text_report(summary: dict, n_images: int) -> str:
     lines.append("lossless, bits per sub-pixel:")
     for codec, v in sorted(summary["lossless_bpsp"].items(), key=lambda kv: kv[1]):
         lines.append(f"  {codec:20s} {v:.3f}")
+    lines.append(f"  (diffcodec's NELBO under the coded steps: {_fmt(summary['nelbo_bpsp'], '.3f')})")
     lines.append("BD of diffcodec against each anchor (negative BD-rate / positive BD-PSNR: diffcodec better):")
     for r in summary["bd"]:
         rng = r["bpp_range"]

@@ -97,6 +97,7 @@ def measure_all(paths: list[Path], cache: Path, model: str, seed: int, keys: dic
         with Image.open(path) as im:
             w, h = im.size
         results.append({"image": path.name, "width": w, "height": h, "seed": seed,
+                         "nelbo_bpsp": ours.get("nelbo_bpsp"),  # None in a cache entry from before it was kept
                          "points": ours["points"] + theirs["points"],
                          "seconds": {"diffcodec": ours["seconds"], "baselines": theirs["seconds"]}})
     return results
