@@ -7,7 +7,8 @@ path of the codec and the CLI in milliseconds; the trained model is only needed 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,14 @@ DEFAULT_WEIGHTS = ROOT / "weights" / "default" / "model.pt"
 
 TINY_NAME = "tiny-test"  # the zoo name written into headers: the model file is TINY_NAME/model.pt
 TINY_STEPS = 3  # T: a file holds T + 1 chunks, decode gives rungs 0 .. T + 1
+
+
+@pytest.fixture(scope="module")
+def bench_scripts() -> Iterator[Path]:
+    """bench/ on sys.path while a module's tests run (it is a folder of scripts, not an installed package)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    yield ROOT / "bench"
+    sys.path.remove(str(ROOT / "bench"))
 
 
 def rgb_pixels(path: Path) -> np.ndarray:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -19,13 +18,11 @@ for _module in ("imagecodecs", "scipy"):
 
 
 @pytest.fixture(scope="module")
-def ladder():
-    """The bench/ladder.py module (bench/ is a folder of scripts, not an installed package)."""
-    sys.path.insert(0, str(ROOT / "bench"))
+def ladder(bench_scripts: Path):
+    """The bench/ladder.py module."""
     import ladder
 
-    yield ladder
-    sys.path.remove(str(ROOT / "bench"))
+    return ladder
 
 
 def test_bd_against_anchor_measures_the_gap(ladder) -> None:
@@ -53,10 +50,9 @@ def test_held_out_run_measures_only_held_out_photos_with_their_anchor(ladder, ti
     held = [p.name for p in split_holdout(list_images(photos))[1]]
     assert 0 < len(held) < 60
     out = tmp_path / "ladder.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "bench")}
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "ladder.py"), str(photos), "--held-out", "--anchor",
                            "--model", str(tiny_model), "--limit", "2", "--out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     assert [r["image"] for r in result["images"]] == held[:2]

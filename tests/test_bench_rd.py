@@ -17,22 +17,18 @@ from PIL import Image
 
 from diffcodec.codec import RECONS
 
-from conftest import ROOT, SAMPLE, rgb_pixels
+from conftest import SAMPLE, rgb_pixels
 
 for _module in ("imagecodecs", "matplotlib", "scipy", "tqdm"):
     pytest.importorskip(_module, reason="needs the bench extra: pip install -e '.[bench]'")
 
 
 @pytest.fixture(scope="module")
-def rdbench():
-    """The bench/rdbench package (bench/ is a folder of scripts, not an installed package)."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "bench"))
+def rdbench(bench_scripts: Path):
+    """The bench/rdbench package."""
     import rdbench.run
 
-    yield rdbench
-    sys.path.remove(str(ROOT / "bench"))
+    return rdbench
 
 
 @pytest.fixture(scope="module")
