@@ -114,7 +114,7 @@ def main() -> None:
               f"BD-rate {fmt(mean['bd']['bd_rate_pct'], '+.1f')}%")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"model": loaded.name, "weights_hash": loaded.weights_hash.hex(), "date": time.strftime("%Y-%m-%d"),
+        meta = {**loaded.identity(), "date": time.strftime("%Y-%m-%d"),
                 "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
                 "folder": str(args.folder), "held_out": args.held_out}
         args.out.write_text(json.dumps({"meta": meta, "mean": mean, "images": rows}, indent=1))

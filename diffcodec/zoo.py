@@ -67,6 +67,13 @@ class LoadedModel:
         """Every step context fit a grouped chunk may name: step_context.pt (the encoder's), then the earlier ones."""
         return ((self.step_nets,) if self.step_nets is not None else ()) + self.earlier_step_nets
 
+    def identity(self) -> dict[str, str | int | None]:
+        """What a measurement of this model depends on: its name, weights hash, steps coded, and the hashes (hex) of
+        the pixel context, step context and post-filter fits the encoder uses (None where it has none)."""
+        fit = lambda f: None if f is None else f.weights_hash.hex()  # noqa: E731
+        return {"model": self.name, "weights_hash": self.weights_hash.hex(), "steps": self.default_steps,
+                "context": fit(self.context), "step_context": fit(self.step_nets), "refine": fit(self.refiners)}
+
     def post_filter(self, weights_hash: bytes) -> Refiners:
         """The post-filter fit (refine.pt or an earlier one) of that weights hash, which a step context fit reads."""
         fits = (self.refiners, *self.earlier_refiners)

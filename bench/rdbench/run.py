@@ -126,13 +126,10 @@ def run(folder: Path, out: Path, model: str = "default", seed: int = 0, limit: i
     """Run the benchmark and write results.json, results.csv, rd_psnr.png, rd_msssim.png, contact_sheet.png."""
     paths = list_images(folder)[: limit or None]
     loaded = load_model(model)
-    context = None if loaded.context is None else loaded.context.weights_hash.hex()
-    step_context = None if loaded.step_nets is None else loaded.step_nets.weights_hash.hex()
-    refine = None if loaded.refiners is None else loaded.refiners.weights_hash.hex()
+    identity = loaded.identity()
+    context, step_context, refine = identity["context"], identity["step_context"], identity["refine"]
     coding = asdict(loaded.coding)
-    keys = {"diffcodec": {"model": loaded.name, "weights_hash": loaded.weights_hash.hex(), "seed": seed,
-                          "steps": loaded.default_steps, "context": context, "step_context": step_context,
-                          "refine": refine, "coding": coding,
+    keys = {"diffcodec": {**identity, "seed": seed, "coding": coding,
                           "coders": list(CODERS.values())},  # a new chunk layout re-measures too
             "baselines": {"sweeps": sweeps(), "versions": library_versions()}}
     images = measure_all(paths, out / "cache", model, seed, keys)
