@@ -48,6 +48,8 @@ def bd_against_anchor(rows: list[dict], mean_rungs: list[dict]) -> dict:
     settings = [p["setting"] for p in rows[0]["anchor"]]
     anchor = [(float(np.mean([r["anchor"][k]["bpp"] for r in rows])), float(np.mean([r["anchor"][k]["psnr"] for r in rows])))
               for k in range(len(settings))]
+    keep = [k for k, a in enumerate(anchor) if np.isfinite(a[1])]  # a setting some image decoded exactly: no mean PSNR
+    settings, anchor = [settings[k] for k in keep], [anchor[k] for k in keep]
     lossy = mean_rungs[:-1]  # every lossy rung, as in the rd bench's curves (the last rung is exact)
     args = ([a[0] for a in anchor], [a[1] for a in anchor], [r["bpp"] for r in lossy], [r["psnr"] for r in lossy])
     gain, rate = bd_quality(*args), bd_rate(*args)

@@ -36,6 +36,9 @@ def test_bd_against_anchor_measures_the_gap(ladder) -> None:
     costlier = [{"rung": k, "bpp": 1.2 * a["bpp"], "psnr": a["psnr"]} for k, a in enumerate(anchor)] + [
         {"rung": 6, "bpp": 12.0, "psnr": float("inf")}]
     assert ladder.bd_against_anchor(rows, costlier)["bd_rate_pct"] == pytest.approx(20.0, abs=1e-6)
+    exact_top = [{"anchor": anchor[:-1] + [{**anchor[-1], "psnr": float("inf")}]}, {"anchor": anchor}]
+    bd = ladder.bd_against_anchor(exact_top, lower)
+    assert len(bd["curve"]) == len(anchor) - 1 and bd["bd_psnr_db"] == pytest.approx(-1.0, abs=1e-6)
 
 
 def test_held_out_run_measures_only_held_out_photos_with_their_anchor(ladder, tiny_model: Path, tmp_path: Path) -> None:
