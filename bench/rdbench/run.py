@@ -127,16 +127,13 @@ def run(folder: Path, out: Path, model: str = "default", seed: int = 0, limit: i
     paths = list_images(folder)[: limit or None]
     loaded = load_model(model)
     identity = loaded.identity()
-    context, step_context, refine = identity["context"], identity["step_context"], identity["refine"]
     coding = asdict(loaded.coding)
     keys = {"diffcodec": {**identity, "seed": seed, "coding": coding,
                           "coders": list(CODERS.values())},  # a new chunk layout re-measures too
             "baselines": {"sweeps": sweeps(), "versions": library_versions()}}
     images = measure_all(paths, out / "cache", model, seed, keys)
     summary = report.summarize(images)
-    meta = {"folder": folder.name, "images": len(images), "model": loaded.name,
-            "weights_hash": loaded.weights_hash.hex(), "steps": loaded.default_steps, "context": context,
-            "step_context": step_context, "refine": refine, "coding": coding, "seed": seed,
+    meta = {"folder": folder.name, "images": len(images), **identity, "coding": coding, "seed": seed,
             "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
             **keys["baselines"],
@@ -146,10 +143,10 @@ def run(folder: Path, out: Path, model: str = "default", seed: int = 0, limit: i
     report.write_csv(out / "results.csv", summary, images)
     label = f"{folder.name}, mean over {len(images)} image{'s' if len(images) > 1 else ''}"
     rec = "" if coding["coder"] == "uq" else f", {coding['coder']} {coding['posterior']} rec"
-    note = (f"model {loaded.name} ({loaded.weights_hash.hex()}, {loaded.default_steps} steps{rec}"
-            f"{'' if context is None else ', pixel context ' + context}"
-            f"{'' if step_context is None else ', step context ' + step_context}"
-            f"{'' if refine is None else ', refine ' + refine}), seed {seed}, {meta['date']}")
+    fits = "".join(f", {name} {identity[key]}" for key, name in
+                   (("context", "pixel context"), ("step_context", "step context"), ("refine", "refine")) if identity[key])
+    note = (f"model {loaded.name} ({loaded.weights_hash.hex()}, {loaded.default_steps} steps{rec}{fits}), "
+            f"seed {seed}, {meta['date']}")
     plots.rd_plot(summary["curves"], "psnr", "PSNR (dB, RGB)", f"Rate-distortion: {label}", note, out / "rd_psnr.png")
     plots.rd_plot(summary["curves"], "msssim_db", "MS-SSIM (dB) = -10 log10(1 - MS-SSIM)",
                   f"Rate-distortion (MS-SSIM): {label}", note, out / "rd_msssim.png")

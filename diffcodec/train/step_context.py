@@ -191,8 +191,8 @@ def train_step_context(opts: StepContextOptions, log: Callable[[str], None] = pr
             fitted[i + 1] = held_out_bits(net, val_pool)
             log(f"step {i + 1}, iteration {it}: held-out bits {fitted[i + 1]:.4f} "
                 f"(plain {plain[i + 1]:.4f}, {100 * (fitted[i + 1] / plain[i + 1] - 1):+.2f}%)")
-            save_step_nets(out, dict(sorted({**kept, **{k: nets[k] for k in steps[: n + 1]}}.items())), loaded.weights_hash,
-                           refine_hash)
+            written = {**kept, **{k: nets[k] for k in steps[: n + 1]}}
+            save_step_nets(out, dict(sorted(written.items())), loaded.weights_hash, refine_hash)
 
         done = n * opts.iters
         fit(net, batch_loss, opts.iters, opts.lr, opts.eval_every, evaluate,
