@@ -137,7 +137,7 @@ class _Ladder:
                  progress: Progress | None, version: int, total_calls: int) -> None:
         self.model: UQDM = loaded.model
         self.loaded = loaded
-        self._refined: tuple[tuple[int, bytes], torch.Tensor] | None = None  # ((step, fit), x_hat') once computed
+        self._refined: dict[bytes, torch.Tensor] = {}  # x_hat' at the current step, by the hash of its network
         self.device = next(self.model.parameters()).device
         self.seed, self.timer, self.progress = seed, timer, progress
         self.split = version >= SPLIT_SINCE  # the networks' tiling (tiling.regions)
@@ -183,22 +183,41 @@ class _Ladder:
 
     def refined(self, post_filter: Refiners | None) -> torch.Tensor | None:
         """x_hat' of `post_filter` (the model's refine.pt for the reconstruction shown; a step context fit's own for
-        its prior) at the current step, computed once per step and fit; None where it has no network for this rung."""
+        its prior) at the current step, computed once per step and network (two fits sharing this rung's network
+        share the pass); None where it has no network for this rung."""
         net = post_filter.nets.get(self.i) if post_filter is not None else None
         if net is None:
             return None
-        key = (self.i, post_filter.weights_hash)
-        if self._refined is None or self._refined[0] != key:
+        key = post_filter.net_hashes[self.i]
+        if key not in self._refined:
             t = time.perf_counter()
             with torch.no_grad(), one_thread():
-                self._refined = (key, refine(net, self.denoised().clamp(-1, 1), self.z, self.s_hat, self.split))
+                self._refined[key] = refine(net, self.denoised().clamp(-1, 1), self.z, self.s_hat, self.split)
             self.timer.network += time.perf_counter() - t
-        return self._refined[1]
+        return self._refined[key]
+
+    def shown_later(self) -> Callable[[], np.ndarray]:
+        """The denoise image of the current step, as a function that may run later on another thread: a pass of the
+        post-filter not already made at this step (by a step context reading the same network) runs there."""
+        refiners = self.loaded.refiners
+        net = refiners.nets.get(self.i) if refiners is not None else None
+        if net is None or refiners.net_hashes[self.i] in self._refined:
+            shown = self.reconstruct("denoise")
+            return lambda: shown
+        inputs = (self.denoised().clamp(-1, 1), self.z, self.s_hat)  # advance() rebinds these, never writes them
+        split = self.split
+
+        def show() -> np.ndarray:
+            with torch.no_grad():
+                return _to_uint8(refine(net, *inputs, split))
+
+        return show
 
     def advance(self, z_s: torch.Tensor) -> None:
         """Move to z_s, then the network at the next step."""
         self.z = z_s
         self.i += 1
+        self._refined = {}
         self._predict()
 
     def pixel_model(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,21 +345,28 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
     timer = Timer()
     # one torch thread for the whole encode, set before the worker starts: its own uses of one_thread are then
     # no-ops, and no thread restores the count while another computes (determinism.py)
-    with one_thread(), (ThreadPoolExecutor(1) if overlap else nullcontext()) as pool:
+    with one_thread(), (ThreadPoolExecutor(1) if overlap else nullcontext()) as pool, ThreadPoolExecutor(1) as shower:
         ladder = _Ladder(loaded, T, seed, h, w, timer, progress, header.version,
                          T + 1 + (len(GROUPS) if pixel_context else 0))
         pixels = _pixels_tensor(src, ladder.device)
         x = to_unit(pixels)
         header = replace(header, check=rung_check(ladder.unrefined().tobytes()))
-        coded, coder_ids, checks, kls, psnrs = [], [], [], [], [psnr(ladder.reconstruct("denoise"), src.pixels)]
+        coded, coder_ids, checks, kls, shown = [], [], [], [], []
+
+        def measure() -> None:  # the PSNR of the rung shown, on `shower`: a post-filter pass the step context did not
+            show = ladder.shown_later()  # make runs there, on the core the chain's network calls leave idle
+            shown.append(shower.submit(lambda: psnr(show(), src.pixels)))
+
         for step_coder in coders:
-            sent = step_coder.send(ladder.step_context(step_coder), x, pool)
+            prior = ladder.step_context(step_coder)  # first: its post-filter pass may be the one shown
+            measure()
+            sent = step_coder.send(prior, x, pool)
             coded.append(sent.coded)
             coder_ids.append(sent.coder_id)
             kls.append(sent.kl_bits)
             ladder.advance(sent.z_s)
             checks.append(rung_check(ladder.unrefined().tobytes()))
-            psnrs.append(psnr(ladder.reconstruct("denoise"), src.pixels))
+        measure()
         nelbo = sum(kls)
         m, b_x = ladder.pixel_model()
         symbols = flat(pixels).long().numpy()
@@ -360,7 +386,7 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
         nelbo += pixel_nelbo
         nelbo += float(top_bits(x, ladder.gammas[0]).double().sum())  # not sent: z_1 comes from the seed
         checks.append(rung_check(src.pixels.tobytes()))
-        psnrs.append(math.inf)
+        psnrs = [f.result() for f in shown] + [math.inf]
         done = [c.result() for c in coded]  # waits for the worker; raises what it raised
     for clock in [c.clock for c in done] + [discarded]:
         for phase, seconds in clock.items():

@@ -13,6 +13,7 @@ or without it, so a decoder without refine.pt shows the unrefined rungs of the s
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,16 @@ class Refiners:
     nets: dict[int, ContextNet]
     model_hash: bytes  # weights hash of the UQDM they were trained on
     weights_hash: bytes  # first 8 bytes of sha256(refine file)
+    net_hashes: dict[int, bytes]  # per rung, a hash of its network: equal in two fits that share that network
+
+
+def _net_hash(net: ContextNet) -> bytes:
+    """First 8 bytes of sha256 of a network's config and weights: equal for equal networks, in any file."""
+    h = hashlib.sha256(repr(net.config).encode())
+    for name, tensor in net.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.digest()[:8]
 
 
 def new_refiner(width: int, blocks: int) -> ContextNet:
@@ -57,7 +68,8 @@ def load_refiners(path: Path, weights_hash: bytes, device: str | torch.device = 
     def parse(blob: dict) -> Refiners:
         nets = {int(k): from_entry(entry, INPUTS, OUTPUTS).to(device).eval().requires_grad_(False)
                 for k, entry in blob["nets"].items()}
-        return Refiners(nets, bytes.fromhex(blob["model_hash"]), weights_hash)
+        return Refiners(nets, bytes.fromhex(blob["model_hash"]), weights_hash,
+                        {k: _net_hash(net) for k, net in nets.items()})
 
     return read_file(path, "refine", parse)
 

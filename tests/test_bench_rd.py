@@ -162,6 +162,24 @@ def test_another_model_measures_only_diffcodec(rdbench, bench_run, crops: Path, 
         assert entry["key"]["weights_hash"] == other["meta"]["weights_hash"]
 
 
+def test_fewer_reconstructions_measure_only_those(rdbench, bench_run, crops: Path, tiny_model: Path,
+                                                 monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--recon: the rungs shown by the reconstructions asked for, the same points as a full run's, and the lossless
+    point; the cached full run is not taken for it (its key names the reconstructions)."""
+    out, results = bench_run
+    shutil.copytree(out / "cache", tmp_path / "cache")
+    monkeypatch.setattr(rdbench.run, "measure_baselines", lambda *args: pytest.fail("baselines measured again"))
+    few = rdbench.run.run(crops, tmp_path, model=str(tiny_model), seed=3, log=lambda _: None,
+                          recons=("unrefined", "denoise"))
+    codecs = {p["codec"] for im in few["images"] for p in im["points"] if p["codec"].startswith("diffcodec")}
+    assert codecs == {"diffcodec", "diffcodec unrefined", "diffcodec denoise"}
+    for image in ("a.png", "b.png"):
+        for codec in codecs:
+            assert points(few, image, codec) == points(results, image, codec)
+    entry = json.loads((tmp_path / "cache" / "a.diffcodec.json").read_text())
+    assert entry["key"]["recons"] == ["unrefined", "denoise"]
+
+
 def test_j2k_layer_prefix_decodes_as_those_layers(rdbench) -> None:
     from PIL import ImageFile
 

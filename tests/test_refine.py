@@ -12,13 +12,14 @@ import torch
 from typer.testing import CliRunner
 
 import diffcodec
+from diffcodec import codec
 from diffcodec import step_context as sc
 from diffcodec.bitstream import CODER_REC_ESCAPE_GROUPED, CODER_UQ_GROUPED, read_stream
 from diffcodec.cli import app
 from diffcodec.context import earlier_fit_name
 from diffcodec.codec import psnr
 from diffcodec.errors import BadInputError, ModelError
-from diffcodec.refine import REFINE_FILE
+from diffcodec.refine import REFINE_FILE, refine
 from diffcodec.train.refine import RefineOptions, train_refine
 from diffcodec.train.step_context import StepContextOptions, train_step_context
 from diffcodec.zoo import load_model
@@ -111,14 +112,33 @@ def test_training_refuses_a_rung_outside_the_chain(refined_model: Path, photos: 
 
 def test_training_can_start_from_a_refine_file(refined_model: Path, photos: Path, tmp_path: Path) -> None:
     start = refined_model / REFINE_FILE
-    summary = train_refine(_options(photos, refined_model, rungs=(4,), iters=1, lr=0.0, width=4, blocks=0,
+    summary = train_refine(_options(photos, refined_model, rungs=(4,), iters=1, lr=0.0, width=None, blocks=None,
                                     out=tmp_path / "more.pt", init=start), log=lambda line: None)
     assert summary.refined_psnr[4] > summary.plain_psnr[4]  # the start was the fitted network, not a zero output
     saved, first = (torch.load(p, weights_only=True)["nets"] for p in (summary.path, start))
-    assert saved["4"]["config"] == first["4"]["config"]  # width and blocks come from the file, not the options
-    assert all(torch.equal(saved["4"]["state_dict"][k], v) for k, v in first["4"]["state_dict"].items())  # lr 0
+    assert sorted(saved) == ["3", "4"]  # rung 3, not refitted, is kept from the start file
+    for k in ("3", "4"):
+        assert saved[k]["config"] == first[k]["config"]  # width and blocks come from the file
+        assert all(torch.equal(saved[k]["state_dict"][n], v) for n, v in first[k]["state_dict"].items())  # lr 0
     with pytest.raises(BadInputError, match="made for model"):
         train_refine(_options(photos, refined_model, rungs=(1,), iters=1, init=start), log=lambda line: None)
+
+
+def test_a_refit_can_deepen_the_networks_but_not_change_their_width(refined_model: Path, photos: Path,
+                                                                     tmp_path: Path) -> None:
+    start = refined_model / REFINE_FILE
+    plain = train_refine(_options(photos, refined_model, rungs=(4,), iters=1, lr=0.0, width=None, blocks=None,
+                                  out=tmp_path / "same.pt", init=start), log=lambda line: None)
+    deeper = train_refine(_options(photos, refined_model, rungs=(4,), iters=1, lr=0.0, width=None, blocks=3,
+                                   out=tmp_path / "deeper.pt", init=start), log=lambda line: None)
+    assert torch.load(deeper.path, weights_only=True)["nets"]["4"]["config"]["blocks"] == 3
+    assert deeper.refined_psnr[4] == pytest.approx(plain.refined_psnr[4], abs=1e-6)  # new blocks start as identity
+    with pytest.raises(BadInputError, match="add blocks, not remove them"):
+        train_refine(_options(photos, refined_model, rungs=(4,), iters=1, width=None, blocks=0, init=start),
+                     log=lambda line: None)
+    with pytest.raises(BadInputError, match="which a refit keeps"):
+        train_refine(_options(photos, refined_model, rungs=(4,), iters=1, width=4, blocks=None, init=start),
+                     log=lambda line: None)
 
 
 def test_cli_decodes_unrefined_and_refuses_bad_training_input(refined_model: Path, pixels: np.ndarray,
@@ -191,3 +211,31 @@ def test_a_post_filter_refit_keeps_the_fit_the_step_context_reads(refined_steps_
     assert diffcodec.encode(pixels, model=folder, seed=5) == old  # the same priors: the same bytes
     shown = diffcodec.decode(old, model=folder, rung=4)  # shown by the new post-filter
     assert not np.array_equal(shown, diffcodec.decode(old, model=refined_steps_model, rung=4))
+
+
+def test_a_rung_refit_shares_the_other_rungs_passes_and_reports_what_the_decoder_shows(
+        refined_steps_model: Path, pixels: np.ndarray, photos: Path, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """Refitting rung 4 alone: the step context reads the first fit, the decoder shows the new one at rung 4 and
+    the first at rung 3, whose network both fits share and the encoder runs once."""
+    monkeypatch.setattr(sc, "MIN_STEP_BITS", 0)  # group the steps of this small crop
+    folder = tmp_path / "default"
+    shutil.copytree(refined_steps_model, folder)
+    first = folder / earlier_fit_name(REFINE_FILE, load_model(folder).refiners.weights_hash)
+    shutil.copy(folder / REFINE_FILE, first)
+    train_refine(_options(photos, folder, rungs=(4,), iters=2, seed=1, width=None, blocks=2, init=first),
+                 log=lambda line: None)
+    loaded = load_model(folder)
+    old = load_model(refined_steps_model).refiners
+    assert loaded.refiners.net_hashes[3] == old.net_hashes[3] and loaded.refiners.net_hashes[4] != old.net_hashes[4]
+    passes = []
+    monkeypatch.setattr(codec, "refine", lambda *args: passes.append(1) or refine(*args))
+    report = diffcodec.encode_report(pixels, model=folder, seed=5)
+    assert len(passes) == 3  # rung 3 once (shared), rung 4 twice (the step context's fit, and the one shown)
+    assert report.data == diffcodec.encode(pixels, model=refined_steps_model, seed=5)  # the same priors
+    for rung in diffcodec.decode_rungs(report.data, model=folder)[:-1]:
+        assert report.rungs[rung.rung].psnr == pytest.approx(psnr(rung.pixels, pixels), abs=1e-9)
+    assert not np.array_equal(diffcodec.decode(report.data, model=folder, rung=4),
+                              diffcodec.decode(report.data, model=refined_steps_model, rung=4))
+    assert np.array_equal(diffcodec.decode(report.data, model=folder, rung=3),
+                          diffcodec.decode(report.data, model=refined_steps_model, rung=3))

@@ -33,20 +33,20 @@ def point(codec: str, setting: float | str, nbytes: int, decoded: np.ndarray, or
             "psnr": None if exact else psnr(decoded, original), "msssim": 1.0 if exact else ms_ssim(decoded, original)}
 
 
-def diffcodec_points(path: Path, original: np.ndarray, model: str, seed: int,
-                     status: Status) -> tuple[bytes, float, list[dict]]:
-    """Encode once, then decode that one file rung by rung with each reconstruction (fresh decoder each): the file,
-    the encoder's NELBO in bits per sub-pixel, and the points."""
+def diffcodec_points(path: Path, original: np.ndarray, model: str, seed: int, status: Status,
+                     recons: tuple[str, ...] = RECONS) -> tuple[bytes, float, list[dict]]:
+    """Encode once, then decode that one file rung by rung with each of `recons` (fresh decoder each; the lossless
+    point from the first): the file, the encoder's NELBO in bits per sub-pixel, and the points."""
     status("diffcodec encode")
     result = encode_report(path, model=model, seed=seed)
     data, nelbo_bpsp = result.data, result.nelbo_bits / original.size
     points = []
-    for recon in RECONS:
+    for recon in recons:
         status(f"diffcodec {recon}")
         rungs = list(iter_rungs(data, recon=recon, model=model))
         *lossy, last = rungs
         points += [point(f"{DIFFCODEC} {recon}", r.rung, r.cum_bytes, r.pixels, original) for r in lossy]
-        if recon == RECONS[0]:
+        if recon == recons[0]:
             points.append(point(DIFFCODEC, LOSSLESS, last.cum_bytes, last.pixels, original))
         elif not np.array_equal(last.pixels, original):
             raise RuntimeError(f"diffcodec {recon}: the last rung is not exact")
@@ -71,10 +71,12 @@ def baseline_points(original: np.ndarray, status: Status) -> list[dict]:
     return points
 
 
-def measure_diffcodec(path: Path, original: np.ndarray, model: str, seed: int, status: Status) -> tuple[bytes, dict]:
-    """The diffcodec file of one image and its points and NELBO (bits per sub-pixel), with the seconds they took."""
+def measure_diffcodec(path: Path, original: np.ndarray, model: str, seed: int, status: Status,
+                      recons: tuple[str, ...] = RECONS) -> tuple[bytes, dict]:
+    """The diffcodec file of one image and its points (for `recons`) and NELBO (bits per sub-pixel), with the
+    seconds they took."""
     t = time.perf_counter()
-    data, nelbo_bpsp, points = diffcodec_points(path, original, model, seed, status)
+    data, nelbo_bpsp, points = diffcodec_points(path, original, model, seed, status, recons)
     return data, {"points": points, "nelbo_bpsp": nelbo_bpsp, "seconds": time.perf_counter() - t}
 
 

@@ -66,9 +66,10 @@ def _store(path: Path, key: dict, result: dict) -> dict:
     return result
 
 
-def measure_all(paths: list[Path], cache: Path, model: str, seed: int, keys: dict[str, dict]) -> list[dict]:
+def measure_all(paths: list[Path], cache: Path, model: str, seed: int, keys: dict[str, dict],
+                recons: tuple[str, ...] = RECONS) -> list[dict]:
     """Each image's result. Its two parts are cached apart, each under its own key: `keys["diffcodec"]` (model,
-    weights, steps, seed, step coder, the container's chunk coders) and `keys["baselines"]` (sweeps, library versions), so a new model re-measures only diffcodec."""
+    weights, steps, seed, step coder, the container's chunk coders, the reconstructions measured) and `keys["baselines"]` (sweeps, library versions), so a new model re-measures only diffcodec."""
     cache.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     bar = tqdm(paths, unit="image", dynamic_ncols=True)
@@ -81,7 +82,7 @@ def measure_all(paths: list[Path], cache: Path, model: str, seed: int, keys: dic
         ours = _cached(ours_entry, keys["diffcodec"])
         if ours is None:
             original = load_image(path).pixels
-            data, ours = measure_diffcodec(path, original, model, seed, status)
+            data, ours = measure_diffcodec(path, original, model, seed, status, recons)
             _write_atomic(cache / f"{path.stem}.dcz", data)
             _store(ours_entry, keys["diffcodec"], ours)
         theirs = _cached(theirs_entry, keys["baselines"])
@@ -103,14 +104,15 @@ def measure_all(paths: list[Path], cache: Path, model: str, seed: int, keys: dic
     return results
 
 
-def sheet(folder_paths: list[Path], cache: Path, model: str, name: str | None, title: str, out: Path) -> None:
-    """Contact sheet of one image: a centred crop at every rung, one row per reconstruction."""
+def sheet(folder_paths: list[Path], cache: Path, model: str, name: str | None, title: str, out: Path,
+          recons: tuple[str, ...] = RECONS) -> None:
+    """Contact sheet of one image: a centred crop at every rung, one row per reconstruction of `recons`."""
     path = next((p for p in folder_paths if p.name == (name or SHEET_DEFAULT)), folder_paths[0])
     original = load_image(path).pixels
     data = (cache / f"{path.stem}.dcz").read_bytes()
     box = plots.crop_box(*original.shape[:2], SHEET_CROP)
     rows = {}
-    for recon in RECONS:
+    for recon in recons:
         tiles = []
         for r in iter_rungs(data, recon=recon, model=model):
             p = psnr(r.pixels, original)
@@ -122,16 +124,18 @@ def sheet(folder_paths: list[Path], cache: Path, model: str, name: str | None, t
 
 
 def run(folder: Path, out: Path, model: str = "default", seed: int = 0, limit: int = 0,
-        sheet_image: str | None = None, log: Callable[[str], None] = print) -> dict:
-    """Run the benchmark and write results.json, results.csv, rd_psnr.png, rd_msssim.png, contact_sheet.png."""
+        sheet_image: str | None = None, log: Callable[[str], None] = print, recons: tuple[str, ...] = RECONS) -> dict:
+    """Run the benchmark and write results.json, results.csv, rd_psnr.png, rd_msssim.png, contact_sheet.png;
+    diffcodec's rungs shown by each of `recons` (codec.RECONS: all of them)."""
     paths = list_images(folder)[: limit or None]
     loaded = load_model(model)
     identity = loaded.identity()
     coding = asdict(loaded.coding)
     keys = {"diffcodec": {**identity, "seed": seed, "coding": coding,
-                          "coders": list(CODERS.values())},  # a new chunk layout re-measures too
+                          "coders": list(CODERS.values()),  # a new chunk layout re-measures too
+                          "recons": list(recons)},
             "baselines": {"sweeps": sweeps(), "versions": library_versions()}}
-    images = measure_all(paths, out / "cache", model, seed, keys)
+    images = measure_all(paths, out / "cache", model, seed, keys, recons)
     summary = report.summarize(images)
     meta = {"folder": folder.name, "images": len(images), **identity, "coding": coding, "seed": seed,
             "date": time.strftime("%Y-%m-%d"),
@@ -150,6 +154,6 @@ def run(folder: Path, out: Path, model: str = "default", seed: int = 0, limit: i
     plots.rd_plot(summary["curves"], "psnr", "PSNR (dB, RGB)", f"Rate-distortion: {label}", note, out / "rd_psnr.png")
     plots.rd_plot(summary["curves"], "msssim_db", "MS-SSIM (dB) = -10 log10(1 - MS-SSIM)",
                   f"Rate-distortion (MS-SSIM): {label}", note, out / "rd_msssim.png")
-    sheet(paths, out / "cache", model, sheet_image, note, out / "contact_sheet.png")
+    sheet(paths, out / "cache", model, sheet_image, note, out / "contact_sheet.png", recons)
     log(report.text_report(summary, len(images)))
     return {"meta": meta, "mean": summary, "images": images}

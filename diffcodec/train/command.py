@@ -227,8 +227,11 @@ def train_refine_command(
     pool: int = typer.Option(2048, "--pool", min=1, help="training crops taken down the chain once per rung, then "
                              "resampled"),
     lr: float = typer.Option(1e-3, "--lr", min=0.0, help="peak Adam learning rate (cosine to a tenth)"),
-    width: int = typer.Option(16, "--width", min=1, help="channels of each rung's network"),
-    blocks: int = typer.Option(2, "--blocks", min=0, help="residual blocks of each rung's network"),
+    width: Optional[int] = typer.Option(None, "--width", min=1, help="channels of each rung's network (default: 16; "
+                                        "with --init, that file's)"),
+    blocks: Optional[int] = typer.Option(None, "--blocks", min=0, help="residual blocks of each rung's network "
+                                         "(default: 2; with --init, that file's, and more than its own add blocks "
+                                         "that start as the identity)"),
     eval_every: int = typer.Option(500, "--eval-every", min=1, help="optimiser steps between held-out measurements "
                                    "(and saves)"),
     out: Optional[Path] = typer.Option(None, "--out", help="refine file to write (default: refine.pt beside the "
@@ -237,7 +240,8 @@ def train_refine_command(
     seed: int = typer.Option(0, "--seed", min=0, help="seed of the crops, the noise and the batches"),
     threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch's default)"),
     init: Optional[Path] = typer.Option(None, "--init", help="refine file to start from (made for this model and "
-                                        "holding these rungs; its networks' width and blocks are kept)"),
+                                        "holding these rungs; its networks keep their width); the file written keeps "
+                                        "its other rungs as they are"),
 ) -> None:
     """Fit the post-filter networks of a trained model: the decoder then shows each lossy rung as the U-Net's
     x_hat refined by that rung's small network (a higher PSNR at the same bytes). Writes refine.pt beside the

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from ..context import earlier_fit_name
+from ..errors import BadInputError
+from ..nn.context import ContextNet, deepen
 from ..zoo import weights_hash
 from .data import train_val_crops
 
@@ -51,6 +53,24 @@ def seeded(seed: int, make: Callable[[], T]) -> T:
         return make()
 
 
+def start_nets(start: dict[int, ContextNet], keys: list[int], width: int | None, blocks: int | None, seed: int,
+               where: Path, label: Callable[[int], str]) -> dict[int, ContextNet]:
+    """The networks `keys` of a start file (`start`, read from `where`; label(key) names one, as "step 3"), to train
+    further: each keeps its width (a `width` other than its own is refused) and is deepened to `blocks` residual
+    blocks (None: its own; the new ones start as the identity, so training starts from the file's function; fewer
+    than its own is refused)."""
+    for k in keys:
+        net = start[k]
+        if width is not None and width != net.config.width:
+            raise BadInputError(f"--width {width}: the network of {label(k)} in --init {where} has "
+                                f"{net.config.width} channels, which a refit keeps (leave --width out)")
+        if blocks is not None and blocks < net.config.blocks:
+            raise BadInputError(f"--blocks {blocks}: the network of {label(k)} in --init {where} has "
+                                f"{net.config.blocks} blocks; a refit can add blocks, not remove them")
+    return seeded(seed, lambda: {k: (start[k] if blocks is None else deepen(start[k], blocks)).requires_grad_(True)
+                                 .train() for k in keys})
+
+
 def fit(net: nn.Module, batch_loss: Callable[[], Tensor], iters: int, lr: float, eval_every: int,
         evaluate: Callable[[int], None], report: Callable[[int, float], None] | None = None) -> None:
     """`iters` Adam steps on batch_loss(), the learning rate on a cosine from lr to lr / 10; report(it, loss) after
@@ -69,4 +89,4 @@ def fit(net: nn.Module, batch_loss: Callable[[], Tensor], iters: int, lr: float,
             evaluate(it + 1)
 
 
-__all__ = ["fit", "keep_earlier_fit", "seeded", "seeded_crops"]
+__all__ = ["fit", "keep_earlier_fit", "seeded", "seeded_crops", "start_nets"]

@@ -23,7 +23,7 @@ from ..refine import REFINE_FILE, load_refiners, new_refiner, refine, save_refin
 from ..uqdm import UQDM, denoise, to_pixel_units, to_unit
 from ..zoo import load_model
 from .chain import chain_to, step_families
-from .fitting import fit, keep_earlier_fit, seeded, seeded_crops
+from .fitting import fit, keep_earlier_fit, seeded, seeded_crops, start_nets
 
 POOL_BATCH = 32  # crops per U-Net call while a pool is made
 
@@ -41,13 +41,13 @@ class RefineOptions:
     pool: int = 2048
     val_crops: int = 256
     lr: float = 1e-3
-    width: int = 16
-    blocks: int = 2
+    width: int | None = None  # channels of a new network (None: 16); a network from `init` keeps its own
+    blocks: int | None = None  # residual blocks (None: 2, or those of `init`; more than init's deepen its networks)
     eval_every: int = 500
     seed: int = 0
     out: Path | None = None  # default: refine.pt beside the model file
     val: Path | None = None  # held-out photos (default: 1 in 25 of data, by name hash)
-    init: Path | None = None  # a refine file to start from (its networks replace width and blocks)
+    init: Path | None = None  # a refine file to start from
 
 
 @dataclass
@@ -92,21 +92,26 @@ def held_out_psnr(net: ContextNet | None, pool: RungPool) -> float:
     return float((10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))).mean())
 
 
-def _initial_nets(opts: RefineOptions, model_hash: bytes, rungs: list[int]) -> dict[int, ContextNet]:
-    """Networks to train, by rung: those of `opts.init` (made for this model), else new ones from the seed."""
+def _initial_nets(opts: RefineOptions, model_hash: bytes,
+                  rungs: list[int]) -> tuple[dict[int, ContextNet], dict[int, ContextNet]]:
+    """(networks to train, networks kept), by rung. To train: those of `opts.init` (made for this model; deepened to
+    `opts.blocks`), else new ones from the seed. Kept: the other rungs of `opts.init`, as they are, so that refitting
+    some rungs writes a whole file."""
     if opts.init is None:
-        return seeded(opts.seed, lambda: {k: new_refiner(opts.width, opts.blocks) for k in rungs})
+        width, blocks = opts.width or 16, 2 if opts.blocks is None else opts.blocks
+        return seeded(opts.seed, lambda: {k: new_refiner(width, blocks) for k in rungs}), {}
     start = load_refiners(opts.init, b"")
     if start.model_hash != model_hash or not set(rungs) <= set(start.nets):
         raise BadInputError(f"--init {opts.init}: made for model {start.model_hash.hex()} and rungs "
                             f"{sorted(start.nets)}, not {model_hash.hex()} and {rungs}")
-    return {k: start.nets[k].requires_grad_(True).train() for k in rungs}
+    kept = {k: net for k, net in start.nets.items() if k not in rungs}
+    return start_nets(start.nets, rungs, opts.width, opts.blocks, opts.seed, opts.init, lambda k: f"rung {k}"), kept
 
 
 def train_refine(opts: RefineOptions, log: Callable[[str], None] = print,
                  report: Callable[[int, int, float], None] | None = None) -> RefineSummary:
     """Fit the post-filter networks of `opts.model` for `opts.rungs`, one after the other; write them
-    (atomically, after every evaluation) beside the model."""
+    (atomically, after every evaluation) beside the model, with the other rungs of `opts.init` as they were."""
     t0 = time.perf_counter()
     loaded = load_model(opts.model)
     T = loaded.default_steps
@@ -118,7 +123,7 @@ def train_refine(opts: RefineOptions, log: Callable[[str], None] = print,
     out = opts.out or loaded.path.parent / REFINE_FILE
     keep_earlier_fit(out, loaded.path.parent / REFINE_FILE)
     rng, gen, train_pix, val_pix = seeded_crops(opts.data, opts.val, opts.crop, opts.pool, opts.val_crops, opts.seed)
-    nets = _initial_nets(opts, loaded.weights_hash, rungs)
+    nets, kept = _initial_nets(opts, loaded.weights_hash, rungs)
     plain, fitted = {}, {}
     for n, k in enumerate(rungs):
         log(f"rung {k}: taking {len(train_pix)} training and {len(val_pix)} held-out crops to z_t ...")
@@ -138,7 +143,8 @@ def train_refine(opts: RefineOptions, log: Callable[[str], None] = print,
             fitted[k] = held_out_psnr(net, val_pool)
             log(f"rung {k}, iteration {it}: held-out PSNR {fitted[k]:.3f} dB (x_hat {plain[k]:.3f}, "
                 f"{fitted[k] - plain[k]:+.3f} dB)")
-            save_refiners(out, {j: nets[j] for j in rungs[: n + 1]}, loaded.weights_hash)
+            written = {**kept, **{j: nets[j] for j in rungs[: n + 1]}}
+            save_refiners(out, dict(sorted(written.items())), loaded.weights_hash)
 
         done = n * opts.iters  # the bar shows the batch's PSNR: MSE of 4 (the [-1, 1] range squared) is 0 dB
         fit(net, batch_loss, opts.iters, opts.lr, opts.eval_every, evaluate,

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..context import GROUPS, channel_means
 from ..errors import BadInputError
-from ..nn.context import ContextConfig, ContextNet, deepen
+from ..nn.context import ContextConfig, ContextNet
 from ..rec.family import StepPrior, kl_bits
 from ..refine import refine
 from ..step_context import STEP_CONTEXT_FILE, group_prior, load_step_nets, refined_inputs, save_step_nets
@@ -27,7 +27,7 @@ from ..steps import StepContext
 from ..uqdm import UQDM, denoise, posterior, posterior_width, prior, step_bits, to_unit
 from ..zoo import load_model
 from .chain import chain_to, sample_posterior, step_families
-from .fitting import fit, keep_earlier_fit, seeded, seeded_crops
+from .fitting import fit, keep_earlier_fit, seeded, seeded_crops, start_nets
 
 POOL_BATCH = 32  # crops per U-Net call while a pool is made
 
@@ -137,17 +137,7 @@ def _initial_nets(opts: StepContextOptions, model_hash: bytes, refine_hash: byte
         read = lambda h: "the U-Net's x_hat" if h is None else f"post-filter {h.hex()}"  # noqa: E731
         raise BadInputError(f"--init {opts.init}: its networks read {read(start.refine_hash)}, the model's steps "
                             f"now {read(refine_hash)}: refit every step of it (leave --step out)")
-    nets = {i: start.nets[i] for i in steps}
-    for i, net in nets.items():
-        if opts.width is not None and opts.width != net.config.width:
-            raise BadInputError(f"--width {opts.width}: the network of step {i + 1} in --init {opts.init} has "
-                                f"{net.config.width} channels, which a refit keeps (leave --width out)")
-        if opts.blocks is not None and opts.blocks < net.config.blocks:
-            raise BadInputError(f"--blocks {opts.blocks}: the network of step {i + 1} in --init {opts.init} has "
-                                f"{net.config.blocks} blocks; a refit can add blocks, not remove them")
-    blocks = opts.blocks
-    return seeded(opts.seed, lambda: {i: (net if blocks is None else deepen(net, blocks)).requires_grad_(True).train()
-                                      for i, net in nets.items()}), kept
+    return start_nets(start.nets, steps, opts.width, opts.blocks, opts.seed, opts.init, lambda i: f"step {i + 1}"), kept
 
 
 def train_step_context(opts: StepContextOptions, log: Callable[[str], None] = print,
