@@ -13,8 +13,11 @@ Each of the 12 parts (group 0 R, G, B, group 1 R, G, B, ...) is then sent by the
 (mu', sigma') with a randomness stream of its own (rng.part_step), so within a pixel G is sent given R, and B given
 R and G. An untrained network (last layer zero, kappa 0) is exactly the plain prior.
 
-Chunk payload (coders `uq-grouped`, `rec-grouped`): the 8-byte hash of the step context file, then per part in order
-a u32le length and the part's payload as its coder (`uq` or `rec-power`) writes it.
+Chunk payload: the 8-byte hash of the step context file, then per part in order its length and the part's payload as
+its coder (`uq`, `rec-power` or `rec-escape`) writes it. Packed layout (`uq-packed`, `rec-packed`, `rec-escape-packed`;
+what encoders write): LEB128 lengths, and every REC part after the first without the two prefix bytes all parts of a
+step share (target bits and margin). First layout (`uq-grouped`, `rec-grouped`, `rec-escape-grouped`; still read):
+u32le lengths, whole parts.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ import torch
 from torch import Tensor
 
 from . import rng
-from .bitstream import (CODER_REC_ESCAPE, CODER_REC_ESCAPE_GROUPED, CODER_REC_GROUPED, CODER_REC_POWER, CODER_UQ,
-                        CODER_UQ_GROUPED)
+from .bitstream import (CODER_REC_ESCAPE, CODER_REC_ESCAPE_GROUPED, CODER_REC_ESCAPE_PACKED, CODER_REC_GROUPED,
+                        CODER_REC_PACKED, CODER_REC_POWER, CODER_UQ, CODER_UQ_GROUPED, CODER_UQ_PACKED, pack_varints,
+                        read_varint)
 from .context import (GROUPS, channel_means, context_features, earlier_fit_name, group_mask, read_file,
                       write_file)
 from .determinism import one_thread
@@ -48,12 +52,15 @@ HASH_SIZE = 8
 PARTS = 3 * len(GROUPS)  # (group, channel) parts of a grouped step, in coding order
 MIN_STEP_BITS = 4096
 """The encoder groups a step only when its Gaussian KL under the plain prior is at least this: the framing of a
-grouped step (68 bytes with UQ parts, 128 with REC parts) would eat what the context saves (a fifth to a
-half of the step) on a smaller one."""
+grouped step (about 30 bytes with UQ parts, 100 with REC parts, in the packed layout) and the coder's flush at the
+end of each part would eat what the context saves (a fifth to a half of the step) on a smaller one."""
+PACKED = {CODER_UQ: CODER_UQ_PACKED, CODER_REC_POWER: CODER_REC_PACKED, CODER_REC_ESCAPE: CODER_REC_ESCAPE_PACKED}
+"""Coder id of a step's parts -> coder id of the grouped chunk in the packed layout (what the encoder writes)."""
 GROUPED = {CODER_UQ: CODER_UQ_GROUPED, CODER_REC_POWER: CODER_REC_GROUPED, CODER_REC_ESCAPE: CODER_REC_ESCAPE_GROUPED}
-"""Coder id of a step's parts -> coder id of the grouped chunk."""
-_PART_CODER = {grouped: part for part, grouped in GROUPED.items()}
-_LENGTH = struct.Struct("<I")
+"""The same in the first layout (u32 lengths, whole parts), which the decoder still reads."""
+_PART_CODER = {grouped: part for layout in (PACKED, GROUPED) for part, grouped in layout.items()}
+_LENGTH = struct.Struct("<I")  # a part's length in the first layout
+_SHARED = slice(1, 3)  # the bytes of a REC part's prefix that every part of a step shares: target bits, margin
 
 
 @dataclass(frozen=True)
@@ -112,15 +119,66 @@ def _part(t: Tensor, mask: Tensor, c: int) -> Tensor:
     return t[0, c][mask].reshape(1, 1, 1, -1)
 
 
-class GroupedCoder:
-    """A step sent in PARTS parts under its step context network, each part by `inner` (UQ or REC)."""
+def _pack(parts: list[bytes], shares: bool) -> bytes:
+    """The parts of a packed chunk: each a LEB128 length and its payload, without the shared prefix bytes after the
+    first part where the parts `shares` them (REC parts)."""
+    out = []
+    for p, payload in enumerate(parts):
+        if shares and p:
+            if payload[_SHARED] != parts[0][_SHARED]:
+                raise ValueError("the parts of a REC step differ in target bits or margin")
+            payload = payload[: _SHARED.start] + payload[_SHARED.stop :]
+        out += [pack_varints([len(payload)]), payload]
+    return b"".join(out)
 
-    def __init__(self, inner: StepCoder, fit: StepNets, step: int) -> None:
+
+class _PartReader:
+    """The parts of a grouped chunk's payload, one after the other (BitstreamError where it is cut or malformed)."""
+
+    def __init__(self, payload: bytes, packed: bool, shares: bool) -> None:
+        self.payload, self.packed, self.shares, self.pos, self.shared = payload, packed, shares, HASH_SIZE, b""
+
+    def next(self, part: int) -> bytes:
+        """Part `part`'s payload as its coder wrote it."""
+        if self.packed:
+            n, start_at = read_varint(self.payload, self.pos, f"the length of part {part} of a grouped step chunk")
+        elif self.pos + _LENGTH.size > len(self.payload):
+            raise BitstreamError(f"the grouped step chunk ends before part {part}: it is corrupt")
+        else:
+            (n,), start_at = _LENGTH.unpack_from(self.payload, self.pos), self.pos + _LENGTH.size
+        self.pos = start_at + n
+        if self.pos > len(self.payload):
+            raise BitstreamError(f"the grouped step chunk ends inside part {part}: it is corrupt")
+        data = self.payload[start_at : self.pos]
+        if not (self.packed and self.shares):
+            return data
+        if part == 0:
+            if len(data) < _SHARED.stop:
+                raise BitstreamError("the first part of a grouped REC step is too short for its prefix: it is corrupt")
+            self.shared = data[_SHARED]
+            return data
+        if len(data) < _SHARED.start:
+            raise BitstreamError(f"part {part} of a grouped REC step is empty: it is corrupt")
+        return data[: _SHARED.start] + self.shared + data[_SHARED.start :]
+
+    def finish(self) -> None:
+        """BitstreamError if bytes follow the last part."""
+        if self.pos != len(self.payload):
+            raise BitstreamError(f"the grouped step chunk has {len(self.payload) - self.pos} bytes after its last "
+                                 "part: it is corrupt")
+
+
+class GroupedCoder:
+    """A step sent in PARTS parts under its step context network, each part by `inner` (UQ or REC), in the packed
+    layout (or, `packed` False, the first layout: what the decoder of such a chunk uses)."""
+
+    def __init__(self, inner: StepCoder, fit: StepNets, step: int, packed: bool = True) -> None:
         if inner.coder_id not in GROUPED:
             raise ValueError(f"coder id {inner.coder_id} has no grouped form")
         self.inner, self.net, self.weights_hash = inner, fit.nets[step], fit.weights_hash
         self.refine_hash = fit.refine_hash  # the post-filter whose x_hat' the network reads (None: the U-Net's x_hat)
-        self.coder_id = GROUPED[inner.coder_id]
+        self.packed, self.shares = packed, inner.coder_id != CODER_UQ  # REC parts share their prefix's bytes
+        self.coder_id = (PACKED if packed else GROUPED)[inner.coder_id]
 
     def _walk(self, ctx: StepContext, send_part: Callable[[int, StepContext, Tensor], Tensor]) -> Tensor:
         """z_s (1, 3, H, W), part by part: `send_part(part, part_ctx, mask)` returns the part's z_s (1, 1, 1, n)."""
@@ -150,42 +208,43 @@ class GroupedCoder:
         mu_q = posterior(ctx.z_t, x, ctx.gamma_t, ctx.gamma_s)[0].reshape(-1).double().cpu()
         if float(kl_bits("gaussian", ctx.flat_prior(), mu_q).sum()) < MIN_STEP_BITS:
             return self.inner.send(ctx, x, pool)
-        payloads, bits, kl, clock = [], 8.0 * (HASH_SIZE + _LENGTH.size * PARTS), 0.0, {}
+        payloads, bits, kl, clock = [], 0.0, 0.0, {}
 
         def send_part(part: int, part_ctx: StepContext, mask: Tensor) -> Tensor:
             nonlocal bits, kl
             c = part % 3
             sent = self.inner.send(part_ctx, _part(x, mask, c))
             coded = sent.coded.result()
-            payloads.extend([_LENGTH.pack(len(coded.payload)), coded.payload])
+            payloads.append(coded.payload)
             bits, kl = bits + coded.bits, kl + sent.kl_bits
             for phase, seconds in coded.clock.items():
                 clock[phase] = clock.get(phase, 0.0) + seconds
             return sent.z_s
 
         z_s = self._walk(ctx, send_part)
-        coded = Coded(b"".join([self.weights_hash, *payloads]), bits, clock)
+        if self.packed:
+            body = _pack(payloads, self.shares)
+        else:
+            body = b"".join(_LENGTH.pack(len(p)) + p for p in payloads)
+        bits += 8.0 * (HASH_SIZE + len(body) - sum(map(len, payloads)))  # the framing, less the bytes shared
+        coded = Coded(self.weights_hash + body, bits, clock)
         return SentStep(start(None, lambda: coded), z_s, kl, self.coder_id)
 
     def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
         """z_s from a grouped chunk (BitstreamError if it is cut or has bytes after its last part)."""
-        pos = HASH_SIZE
-
-        def receive_part(part: int, part_ctx: StepContext, mask: Tensor) -> Tensor:
-            nonlocal pos
-            if pos + _LENGTH.size > len(payload):
-                raise BitstreamError(f"the grouped step chunk ends before part {part}: it is corrupt")
-            (n,) = _LENGTH.unpack_from(payload, pos)
-            pos += _LENGTH.size + n
-            if pos > len(payload):
-                raise BitstreamError(f"the grouped step chunk ends inside part {part}: it is corrupt")
-            return self.inner.receive(part_ctx, payload[pos - n : pos])
-
-        z_s = self._walk(ctx, receive_part)
-        if pos != len(payload):
-            raise BitstreamError(f"the grouped step chunk has {len(payload) - pos} bytes after its last part: "
-                                 "it is corrupt")
+        reader = _PartReader(payload, self.packed, self.shares)
+        z_s = self._walk(ctx, lambda part, part_ctx, mask: self.inner.receive(part_ctx, reader.next(part)))
+        reader.finish()
         return z_s
+
+
+def grouped_parts(coder_id: int, payload: bytes) -> list[bytes]:
+    """The PARTS payloads of a grouped step chunk (either layout), each as its part's coder wrote it (BitstreamError
+    where the chunk is cut or malformed)."""
+    reader = _PartReader(payload, coder_id in PACKED.values(), _PART_CODER[coder_id] != CODER_UQ)
+    parts = [reader.next(part) for part in range(PARTS)]
+    reader.finish()
+    return parts
 
 
 def part_coder(coder_id: int) -> int:
@@ -212,7 +271,7 @@ def grouped_receiver(coder_id: int, chunk: int, fits: Sequence[StepNets], payloa
             found = f"this model has no step context network ({STEP_CONTEXT_FILE} beside the model file)"
         raise ModelError(f"chunk {chunk} was sent with step context weights {wanted.hex()}, but {found}; rungs 0 to "
                          f"{chunk} decode without it (--rung {chunk})")
-    return GroupedCoder(receiver(_PART_CODER[coder_id], chunk), fit, chunk)
+    return GroupedCoder(receiver(_PART_CODER[coder_id], chunk), fit, chunk, packed=coder_id in PACKED.values())
 
 
 def grouped_coders(coders: list[StepCoder], nets: StepNets | None) -> list[StepCoder]:
@@ -224,5 +283,5 @@ def grouped_coders(coders: list[StepCoder], nets: StepNets | None) -> list[StepC
             for i, c in enumerate(coders)]
 
 
-__all__ = ["GROUPED", "MIN_STEP_BITS", "PARTS", "STEP_CONTEXT_FILE", "GroupedCoder", "StepNets", "group_prior",
-           "grouped_coders", "grouped_receiver", "load_step_nets", "part_coder", "refined_inputs", "save_step_nets"]
+__all__ = ["GROUPED", "MIN_STEP_BITS", "PACKED", "PARTS", "STEP_CONTEXT_FILE", "GroupedCoder", "StepNets", "group_prior",
+           "grouped_coders", "grouped_parts", "grouped_receiver", "load_step_nets", "part_coder", "refined_inputs", "save_step_nets"]

@@ -3,6 +3,7 @@ networks that read its x_hat'."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 import diffcodec
 from diffcodec import codec
 from diffcodec import step_context as sc
-from diffcodec.bitstream import CODER_REC_ESCAPE_GROUPED, CODER_UQ_GROUPED, read_stream
+from diffcodec.bitstream import CODER_REC_ESCAPE_PACKED, CODER_UQ_PACKED, read_stream
 from diffcodec.cli import app
 from diffcodec.context import earlier_fit_name
 from diffcodec.codec import psnr
@@ -176,7 +177,7 @@ def test_step_context_on_the_post_filter_decodes_exactly(refined_steps_model: Pa
     assert loaded.step_nets is not None and loaded.refiners is not None
     assert loaded.step_nets.refine_hash == loaded.refiners.weights_hash  # the file names the post-filter it reads
     data = diffcodec.encode(pixels, model=refined_steps_model, seed=5, rec_steps=4)  # step 5 by UQ: both coders
-    assert [c.coder for c in read_stream(data).chunks[3:5]] == [CODER_REC_ESCAPE_GROUPED, CODER_UQ_GROUPED]
+    assert [c.coder for c in read_stream(data).chunks[3:5]] == [CODER_REC_ESCAPE_PACKED, CODER_UQ_PACKED]
     assert np.array_equal(diffcodec.decode(data, model=refined_steps_model), pixels)  # every rung checked
     # the same networks reading the U-Net's x_hat send other bytes: the post-filter is part of the prior
     plain = copy_default(tmp_path / "plain")
@@ -213,18 +214,24 @@ def test_a_post_filter_refit_keeps_the_fit_the_step_context_reads(refined_steps_
     assert not np.array_equal(shown, diffcodec.decode(old, model=refined_steps_model, rung=4))
 
 
+def _refit_rung_4(model: Path, photos: Path, tmp_path: Path) -> Path:
+    """A copy of `model` whose post-filter has rung 4 refitted (deepened to 2 blocks), the first fit kept beside it."""
+    folder = tmp_path / "default"
+    shutil.copytree(model, folder)
+    first = folder / earlier_fit_name(REFINE_FILE, load_model(folder).refiners.weights_hash)
+    shutil.copy(folder / REFINE_FILE, first)
+    train_refine(_options(photos, folder, rungs=(4,), iters=2, seed=1, width=None, blocks=2, init=first),
+                 log=lambda line: None)
+    return folder
+
+
 def test_a_rung_refit_shares_the_other_rungs_passes_and_reports_what_the_decoder_shows(
         refined_steps_model: Path, pixels: np.ndarray, photos: Path, monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
     """Refitting rung 4 alone: the step context reads the first fit, the decoder shows the new one at rung 4 and
     the first at rung 3, whose network both fits share and the encoder runs once."""
     monkeypatch.setattr(sc, "MIN_STEP_BITS", 0)  # group the steps of this small crop
-    folder = tmp_path / "default"
-    shutil.copytree(refined_steps_model, folder)
-    first = folder / earlier_fit_name(REFINE_FILE, load_model(folder).refiners.weights_hash)
-    shutil.copy(folder / REFINE_FILE, first)
-    train_refine(_options(photos, folder, rungs=(4,), iters=2, seed=1, width=None, blocks=2, init=first),
-                 log=lambda line: None)
+    folder = _refit_rung_4(refined_steps_model, photos, tmp_path)
     loaded = load_model(folder)
     old = load_model(refined_steps_model).refiners
     assert loaded.refiners.net_hashes[3] == old.net_hashes[3] and loaded.refiners.net_hashes[4] != old.net_hashes[4]
@@ -239,3 +246,31 @@ def test_a_rung_refit_shares_the_other_rungs_passes_and_reports_what_the_decoder
                               diffcodec.decode(report.data, model=refined_steps_model, rung=4))
     assert np.array_equal(diffcodec.decode(report.data, model=folder, rung=3),
                           diffcodec.decode(report.data, model=refined_steps_model, rung=3))
+
+
+def test_a_step_context_refit_keeps_the_steps_whose_post_filter_network_is_unchanged(
+        refined_steps_model: Path, pixels: np.ndarray, photos: Path, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """After rung 4's post-filter was refitted, step 5 (which reads rung 4) is refitted on it alone; step 4 reads
+    rung 3, whose network the two fits share, and is kept. Keeping step 5 instead is refused."""
+    monkeypatch.setattr(sc, "MIN_STEP_BITS", 0)  # group the steps of this small crop
+    folder = _refit_rung_4(refined_steps_model, photos, tmp_path)
+    start = folder / sc.STEP_CONTEXT_FILE
+    opts = StepContextOptions(data=photos, val=photos, model=str(folder), steps=(4,), iters=1, batch=4, crop=32,
+                              pool=16, val_crops=8, lr=0.0, init=start, out=tmp_path / "step4.pt")
+    with pytest.raises(BadInputError, match=r"differs at step\(s\) 5: refit those too"):
+        train_step_context(opts, log=lambda line: None)
+    kept = torch.load(start, weights_only=True)["nets"]["3"]
+    train_step_context(dataclasses.replace(opts, steps=(5,), out=start), log=lambda line: None)
+    loaded = load_model(folder)
+    assert loaded.step_nets.refine_hash == loaded.refiners.weights_hash  # it reads the post-filter shown
+    saved = torch.load(start, weights_only=True)["nets"]["3"]
+    assert all(torch.equal(saved["state_dict"][k], v) for k, v in kept["state_dict"].items())
+    passes = []
+    monkeypatch.setattr(codec, "refine", lambda *args: passes.append(1) or refine(*args))
+    report = diffcodec.encode_report(pixels, model=folder, seed=5)
+    assert len(passes) == 2  # one pass per rung: the fit read and the fit shown are one
+    rungs = diffcodec.decode_rungs(report.data, model=folder)
+    assert np.array_equal(rungs[-1].pixels, pixels)
+    for rung in rungs[:-1]:
+        assert report.rungs[rung.rung].psnr == pytest.approx(psnr(rung.pixels, pixels), abs=1e-9)

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 import diffcodec
 from diffcodec import step_context as sc
 from diffcodec.rec.coder import without_skips
-from diffcodec.bitstream import (CODER_REC_ESCAPE, CODER_REC_ESCAPE_GROUPED, CODER_UQ, CODER_UQ_GROUPED, Chunk,
-                                 read_stream, write_stream)
+from diffcodec.bitstream import (CODER_REC_ESCAPE, CODER_REC_ESCAPE_PACKED, CODER_UQ, CODER_UQ_PACKED, Chunk,
+                                 pack_varints, read_stream, write_stream)
 from diffcodec.cli import app
 from diffcodec.context import earlier_fit_name
 from diffcodec.errors import BadInputError, BitstreamError, ModelError
@@ -26,7 +26,7 @@ from diffcodec.zoo import load_model
 from conftest import KODIM01, KODIM15, copy_default, rgb_pixels
 
 STEPS = 5  # the default model's codec.json: all five steps by Gaussian REC, chunks out of reach by UQ (rec_escape)
-GROUPED_IDS = {None: [CODER_REC_ESCAPE_GROUPED] * 5, 4: [CODER_REC_ESCAPE_GROUPED] * 4 + [CODER_UQ_GROUPED]}
+GROUPED_IDS = {None: [CODER_REC_ESCAPE_PACKED] * 5, 4: [CODER_REC_ESCAPE_PACKED] * 4 + [CODER_UQ_PACKED]}
 PLAIN_IDS = {None: [CODER_REC_ESCAPE] * 5, 4: [CODER_REC_ESCAPE] * 4 + [CODER_UQ]}  # by rec_steps
 
 
@@ -68,14 +68,33 @@ def test_grouped_steps_decode_exactly(grouped_model: Path, always_grouped: None,
     assert [c.coder for c in read_stream(plain).chunks[:STEPS]] == PLAIN_IDS[rec_steps]
 
 
-def skipped_chunks(payload: bytes) -> int:
-    """How many chunks the parts of a `rec-escape-grouped` payload sent by UQ."""
-    pos, count = sc.HASH_SIZE, 0
-    for _ in range(sc.PARTS):
-        n = int.from_bytes(payload[pos : pos + 4], "little")
-        count += without_skips(payload[pos + 4 : pos + 4 + n], True)[0].size
-        pos += 4 + n
-    return count
+def skipped_chunks(chunk: Chunk) -> int:
+    """How many chunks the parts of a `rec-escape-packed` chunk sent by UQ."""
+    return sum(without_skips(part, True)[0].size for part in sc.grouped_parts(chunk.coder, chunk.payload))
+
+
+def first_layout(chunk: Chunk) -> Chunk:
+    """A packed grouped chunk rewritten in the first layout: u32 lengths, whole parts, the first layout's coder id."""
+    parts = sc.grouped_parts(chunk.coder, chunk.payload)
+    body = b"".join(len(p).to_bytes(4, "little") + p for p in parts)
+    return Chunk(sc.GROUPED[sc.part_coder(chunk.coder)], chunk.payload[: sc.HASH_SIZE] + body, chunk.check)
+
+
+@pytest.mark.parametrize("rec_steps", [None, 4])  # REC parts (which share prefix bytes) and UQ parts
+def test_the_first_grouped_layout_still_decodes(grouped_model: Path, always_grouped: None,
+                                                rec_steps: int | None) -> None:
+    """Files written before the packed layout: the same parts with u32 lengths and whole REC prefixes."""
+    pixels = np.ascontiguousarray(rgb_pixels(KODIM15)[3:64, 5:52])
+    coding = {} if rec_steps is None else {"coder": "hybrid", "rec_steps": rec_steps, "posterior": "gaussian"}
+    stream = read_stream(diffcodec.encode(pixels, model=grouped_model, seed=3, **coding))
+    old = [first_layout(c) if c.coder in sc.PACKED.values() else c for c in stream.chunks]
+    assert [c.coder for c in old[2:STEPS]] == [sc.GROUPED[sc.part_coder(c)] for c in GROUPED_IDS[rec_steps][2:]]
+    for new, was in zip(stream.chunks[2:STEPS], old[2:STEPS]):
+        shares = sc.part_coder(new.coder) != CODER_UQ  # REC parts after the first leave out 2 prefix bytes
+        stored = [len(p) - 2 * (shares and i > 0) for i, p in enumerate(sc.grouped_parts(new.coder, new.payload))]
+        saved = sum(4 - len(pack_varints([n])) for n in stored) + 2 * (sc.PARTS - 1) * shares
+        assert len(was.payload) - len(new.payload) == saved > 0
+    assert np.array_equal(diffcodec.decode(write_stream(stream.header, old), model=grouped_model), pixels)
 
 
 def test_grouped_steps_with_chunks_sent_by_uq_decode_exactly(grouped_model: Path, always_grouped: None,
@@ -89,7 +108,7 @@ def test_grouped_steps_with_chunks_sent_by_uq_decode_exactly(grouped_model: Path
     data = diffcodec.encode(pixels, model=folder, seed=3)
     chunks = read_stream(data).chunks[:STEPS]
     assert [c.coder for c in chunks] == [CODER_REC_ESCAPE] * 2 + GROUPED_IDS[None][2:]
-    assert all(skipped_chunks(c.payload) > 0 for c in chunks[2:])
+    assert all(skipped_chunks(c) > 0 for c in chunks[2:])
     assert np.array_equal(diffcodec.decode_rungs(data, model=folder)[-1].pixels, pixels)
     assert data != diffcodec.encode(pixels, model=grouped_model, seed=3)
 

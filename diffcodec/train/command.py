@@ -191,7 +191,8 @@ def train_step_context_command(
     threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch's default)"),
     init: Optional[Path] = typer.Option(None, "--init", help="step context file to start from (made for this model "
                                         "and holding these steps; its networks keep their width); the file written "
-                                        "keeps its other steps as they are"),
+                                        "keeps its other steps as they are, each of which must read the same x_hat' "
+                                        "under the model's refine.pt as it did"),
     refined: bool = typer.Option(True, "--refined/--unrefined", help="let each step's network read the post-filter's "
                                  "refined x_hat' and its prior mean where the model has one (refine.pt beside it; the "
                                  "file then names it, and needs it), or the U-Net's x_hat"),

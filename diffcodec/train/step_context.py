@@ -25,7 +25,7 @@ from ..refine import refine
 from ..step_context import STEP_CONTEXT_FILE, group_prior, load_step_nets, refined_inputs, save_step_nets
 from ..steps import StepContext
 from ..uqdm import UQDM, denoise, posterior, posterior_width, prior, step_bits, to_unit
-from ..zoo import load_model
+from ..zoo import LoadedModel, load_model
 from .chain import chain_to, sample_posterior, step_families
 from .fitting import fit, keep_earlier_fit, seeded, seeded_crops, start_nets
 
@@ -120,23 +120,39 @@ def held_out_bits(net: ContextNet | None, pool: StepPool) -> float:
     return total / pool.z_t.numel()
 
 
-def _initial_nets(opts: StepContextOptions, model_hash: bytes, refine_hash: bytes | None,
+def _read_nets(loaded: LoadedModel, refine_hash: bytes | None) -> dict[int, bytes] | None:
+    """Per step index i, the hash of the post-filter network whose x_hat' step i + 1 reads (rung i's; a step absent
+    reads the U-Net's x_hat); None if that post-filter is not beside the model."""
+    if refine_hash is None:
+        return {}
+    fits = [f for f in (loaded.refiners, *loaded.earlier_refiners) if f is not None and f.weights_hash == refine_hash]
+    return fits[0].net_hashes if fits else None
+
+
+def _initial_nets(opts: StepContextOptions, loaded: LoadedModel, refine_hash: bytes | None,
                   steps: list[int]) -> tuple[dict[int, ContextNet], dict[int, ContextNet]]:
     """(networks to train, networks kept), by step index. To train: those of `opts.init` (made for this model;
     deepened to `opts.blocks`), else new weights from the seed. Kept: the other steps of `opts.init`, as they are, so
-    that refitting some steps writes a whole file."""
+    that refitting some steps writes a whole file; each must read the same x_hat' under the new post-filter as under
+    the one it was fitted on (the same network at its rung, or none in both)."""
     if opts.init is None:
         config = ContextConfig(opts.width or 16, 2 if opts.blocks is None else opts.blocks)
         return seeded(opts.seed, lambda: {i: ContextNet(config) for i in steps}), {}
     start = load_step_nets(opts.init, b"")  # its file hash names coded chunks only: not needed to train
-    if start.model_hash != model_hash or not set(steps) <= set(start.nets):
+    if start.model_hash != loaded.weights_hash or not set(steps) <= set(start.nets):
         raise BadInputError(f"--init {opts.init}: made for model {start.model_hash.hex()} and steps "
-                            f"{sorted(i + 1 for i in start.nets)}, not {model_hash.hex()} and {[i + 1 for i in steps]}")
+                            f"{sorted(i + 1 for i in start.nets)}, not {loaded.weights_hash.hex()} and "
+                            f"{[i + 1 for i in steps]}")
     kept = {i: net for i, net in start.nets.items() if i not in steps}
-    if kept and start.refine_hash != refine_hash:
+    if start.refine_hash != refine_hash:
         read = lambda h: "the U-Net's x_hat" if h is None else f"post-filter {h.hex()}"  # noqa: E731
-        raise BadInputError(f"--init {opts.init}: its networks read {read(start.refine_hash)}, the model's steps "
-                            f"now {read(refine_hash)}: refit every step of it (leave --step out)")
+        was, now = _read_nets(loaded, start.refine_hash), _read_nets(loaded, refine_hash) or {}
+        moved = sorted(i + 1 for i in kept if was is None or was.get(i) != now.get(i))
+        if moved:
+            raise BadInputError(f"--init {opts.init}: its networks read {read(start.refine_hash)}, the model's steps "
+                                f"now {read(refine_hash)}, whose x_hat' differs at step(s) "
+                                f"{', '.join(map(str, moved))}: refit those too (--step), or refit every step (leave --step "
+                                f"out)")
     return start_nets(start.nets, steps, opts.width, opts.blocks, opts.seed, opts.init, lambda i: f"step {i + 1}"), kept
 
 
@@ -157,7 +173,7 @@ def train_step_context(opts: StepContextOptions, log: Callable[[str], None] = pr
     keep_earlier_fit(out, loaded.path.parent / STEP_CONTEXT_FILE)
     rng, gen, train_pix, val_pix = seeded_crops(opts.data, opts.val, opts.crop, opts.pool, opts.val_crops, opts.seed)
     refine_hash = None if refiners is None else refiners.weights_hash
-    nets, kept = _initial_nets(opts, loaded.weights_hash, refine_hash, steps)
+    nets, kept = _initial_nets(opts, loaded, refine_hash, steps)
     plain, fitted = {}, {}
     for n, i in enumerate(steps):
         log(f"step {i + 1} ({families[i]}): taking {len(train_pix)} training and {len(val_pix)} held-out crops to "
