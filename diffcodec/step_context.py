@@ -52,7 +52,7 @@ HASH_SIZE = 8
 PARTS = 3 * len(GROUPS)  # (group, channel) parts of a grouped step, in coding order
 MIN_STEP_BITS = 4096
 """The encoder groups a step only when its Gaussian KL under the plain prior is at least this: the framing of a
-grouped step (about 30 bytes with UQ parts, 100 with REC parts, in the packed layout) and the coder's flush at the
+grouped step (about 30 bytes with UQ parts, 80 with REC parts, in the packed layout) and the coder's flush at the
 end of each part would eat what the context saves (a fifth to a half of the step) on a smaller one."""
 PACKED = {CODER_UQ: CODER_UQ_PACKED, CODER_REC_POWER: CODER_REC_PACKED, CODER_REC_ESCAPE: CODER_REC_ESCAPE_PACKED}
 """Coder id of a step's parts -> coder id of the grouped chunk in the packed layout (what the encoder writes)."""
