@@ -169,8 +169,8 @@ class _PartReader:
 
 
 class GroupedCoder:
-    """A step sent in PARTS parts under its step context network, each part by `inner` (UQ or REC), in the packed
-    layout (or, `packed` False, the first layout: what the decoder of such a chunk uses)."""
+    """A step sent in PARTS parts under its step context network, each part by `inner` (UQ or REC). `send` writes the
+    packed layout; `receive` reads the packed layout, or with `packed` False the first one."""
 
     def __init__(self, inner: StepCoder, fit: StepNets, step: int, packed: bool = True) -> None:
         if inner.coder_id not in GROUPED:
@@ -222,13 +222,10 @@ class GroupedCoder:
             return sent.z_s
 
         z_s = self._walk(ctx, send_part)
-        if self.packed:
-            body = _pack(payloads, self.shares)
-        else:
-            body = b"".join(_LENGTH.pack(len(p)) + p for p in payloads)
+        body = _pack(payloads, self.shares)
         bits += 8.0 * (HASH_SIZE + len(body) - sum(map(len, payloads)))  # the framing, less the bytes shared
         coded = Coded(self.weights_hash + body, bits, clock)
-        return SentStep(start(None, lambda: coded), z_s, kl, self.coder_id)
+        return SentStep(start(None, lambda: coded), z_s, kl, PACKED[self.inner.coder_id])
 
     def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
         """z_s from a grouped chunk (BitstreamError if it is cut or has bytes after its last part)."""

@@ -74,10 +74,11 @@ class LoadedModel:
         return {"model": self.name, "weights_hash": self.weights_hash.hex(), "steps": self.default_steps,
                 "context": fit(self.context), "step_context": fit(self.step_nets), "refine": fit(self.refiners)}
 
-    def post_filter(self, weights_hash: bytes) -> Refiners:
-        """The post-filter fit (refine.pt or an earlier one) of that weights hash, which a step context fit reads."""
+    def post_filter(self, weights_hash: bytes) -> Refiners | None:
+        """The post-filter fit (refine.pt or an earlier one) of that weights hash, which a step context fit reads;
+        None if none beside the model has it."""
         fits = (self.refiners, *self.earlier_refiners)
-        return next(r for r in fits if r is not None and r.weights_hash == weights_hash)
+        return next((r for r in fits if r is not None and r.weights_hash == weights_hash), None)
 
 
 def resolve(name_or_path: str | Path) -> tuple[str, Path]:

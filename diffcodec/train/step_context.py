@@ -125,8 +125,8 @@ def _read_nets(loaded: LoadedModel, refine_hash: bytes | None) -> dict[int, byte
     reads the U-Net's x_hat); None if that post-filter is not beside the model."""
     if refine_hash is None:
         return {}
-    fits = [f for f in (loaded.refiners, *loaded.earlier_refiners) if f is not None and f.weights_hash == refine_hash]
-    return fits[0].net_hashes if fits else None
+    fit = loaded.post_filter(refine_hash)
+    return None if fit is None else fit.net_hashes
 
 
 def _initial_nets(opts: StepContextOptions, loaded: LoadedModel, refine_hash: bytes | None,
