@@ -13,11 +13,12 @@ Each of the 12 parts (group 0 R, G, B, group 1 R, G, B, ...) is then sent by the
 (mu', sigma') with a randomness stream of its own (rng.part_step), so within a pixel G is sent given R, and B given
 R and G. An untrained network (last layer zero, kappa 0) is exactly the plain prior.
 
-Chunk payload: the 8-byte hash of the step context file, then per part in order its length and the part's payload as
-its coder (`uq`, `rec-power` or `rec-escape`) writes it. Packed layout (`uq-packed`, `rec-packed`, `rec-escape-packed`;
-what encoders write): LEB128 lengths, and every REC part after the first without the two prefix bytes all parts of a
-step share (target bits and margin). First layout (`uq-grouped`, `rec-grouped`, `rec-escape-grouped`; still read):
-u32le lengths, whole parts.
+Chunk payload: the hash of the step context file, then the parts in order. What encoders write: for REC parts the
+`rec-stream` layout (a 4-byte hash, then the parts in one range coder: rec.coder.PartWriter), for UQ parts the packed
+layout `uq-packed` (the 8-byte hash, then per part a LEB128 length and the part's `uq` payload). Still read: the
+packed REC layouts `rec-packed` and `rec-escape-packed` (every REC part after the first without the two prefix bytes
+all parts of a step share, target bits and margin) and the first layout (`uq-grouped`, `rec-grouped`,
+`rec-escape-grouped`: u32le lengths, whole parts).
 """
 
 from __future__ import annotations
@@ -34,31 +35,36 @@ from torch import Tensor
 
 from . import rng
 from .bitstream import (CODER_REC_ESCAPE, CODER_REC_ESCAPE_GROUPED, CODER_REC_ESCAPE_PACKED, CODER_REC_GROUPED,
-                        CODER_REC_PACKED, CODER_REC_POWER, CODER_UQ, CODER_UQ_GROUPED, CODER_UQ_PACKED, pack_varints,
-                        read_varint)
+                        CODER_REC_PACKED, CODER_REC_POWER, CODER_REC_STREAM, CODER_UQ, CODER_UQ_GROUPED, CODER_UQ_PACKED,
+                        pack_varints, read_varint)
 from .context import (GROUPS, channel_means, context_features, earlier_fit_name, group_mask, read_file,
                       write_file)
 from .determinism import one_thread
 from .errors import BitstreamError, ModelError
 from .nn.context import ContextNet, from_entry, to_entry
+from .rec.coder import PartReader, PartWriter
 from .rec.family import kl_bits
-from .steps import Coded, SentStep, StepCoder, StepContext, receiver, start
+from .steps import Coded, RecCoder, SentStep, StepCoder, StepContext, receiver, start
 from .tiling import run_tiled
 from .uqdm import posterior
 
 STEP_CONTEXT_FILE = "step_context.pt"  # beside a model file: its step context networks
 MEAN_STEP = 0.5  # units of delta per unit of the network's mean output
 HASH_SIZE = 8
+STREAM_HASH_SIZE = 4  # a `rec-stream` chunk names its step context fit by the first 4 bytes of its hash
 PARTS = 3 * len(GROUPS)  # (group, channel) parts of a grouped step, in coding order
 MIN_STEP_BITS = 4096
 """The encoder groups a step only when its Gaussian KL under the plain prior is at least this: the framing of a
-grouped step (about 30 bytes with UQ parts, 80 with REC parts, in the packed layout) and the coder's flush at the
-end of each part would eat what the context saves (a fifth to a half of the step) on a smaller one."""
+grouped step (about 30 bytes with UQ parts in the packed layout) and the coder's flush at the end of each part would
+eat what the context saves (a fifth to a half of the step) on a smaller one."""
+WRITTEN = {CODER_UQ: CODER_UQ_PACKED, CODER_REC_POWER: CODER_REC_STREAM, CODER_REC_ESCAPE: CODER_REC_STREAM}
+"""Coder id of a step's parts -> coder id of the grouped chunk the encoder writes."""
 PACKED = {CODER_UQ: CODER_UQ_PACKED, CODER_REC_POWER: CODER_REC_PACKED, CODER_REC_ESCAPE: CODER_REC_ESCAPE_PACKED}
-"""Coder id of a step's parts -> coder id of the grouped chunk in the packed layout (what the encoder writes)."""
+"""The same in the packed layout (LEB128 lengths, REC parts sharing their prefix bytes), which the decoder reads."""
 GROUPED = {CODER_UQ: CODER_UQ_GROUPED, CODER_REC_POWER: CODER_REC_GROUPED, CODER_REC_ESCAPE: CODER_REC_ESCAPE_GROUPED}
 """The same in the first layout (u32 lengths, whole parts), which the decoder still reads."""
-_PART_CODER = {grouped: part for layout in (PACKED, GROUPED) for part, grouped in layout.items()}
+_PART_CODER = {grouped: part for layout in (PACKED, GROUPED) for part, grouped in layout.items()} | {
+    CODER_REC_STREAM: CODER_REC_ESCAPE}  # its parts may skip chunks
 _LENGTH = struct.Struct("<I")  # a part's length in the first layout
 _SHARED = slice(1, 3)  # the bytes of a REC part's prefix that every part of a step shares: target bits, margin
 
@@ -119,17 +125,14 @@ def _part(t: Tensor, mask: Tensor, c: int) -> Tensor:
     return t[0, c][mask].reshape(1, 1, 1, -1)
 
 
-def _pack(parts: list[bytes], shares: bool) -> bytes:
-    """The parts of a packed chunk: each a LEB128 length and its payload, without the shared prefix bytes after the
-    first part where the parts `shares` them (REC parts)."""
-    out = []
-    for p, payload in enumerate(parts):
-        if shares and p:
-            if payload[_SHARED] != parts[0][_SHARED]:
-                raise ValueError("the parts of a REC step differ in target bits or margin")
-            payload = payload[: _SHARED.start] + payload[_SHARED.stop :]
-        out += [pack_varints([len(payload)]), payload]
-    return b"".join(out)
+def _pack(parts: list[bytes]) -> bytes:
+    """The parts of a packed chunk of UQ parts: each a LEB128 length and its payload."""
+    return b"".join(pack_varints([len(payload)]) + payload for payload in parts)
+
+
+def hash_size(coder_id: int) -> int:
+    """Bytes of the step context hash at the start of a grouped chunk of this coder id."""
+    return STREAM_HASH_SIZE if coder_id == CODER_REC_STREAM else HASH_SIZE
 
 
 class _PartReader:
@@ -169,16 +172,17 @@ class _PartReader:
 
 
 class GroupedCoder:
-    """A step sent in PARTS parts under its step context network, each part by `inner` (UQ or REC). `send` writes the
-    packed layout; `receive` reads the packed layout, or with `packed` False the first one."""
+    """A step sent in PARTS parts under its step context network, each part by `inner` (UQ or REC). `send` writes
+    WRITTEN's layout (`rec-stream` for REC parts, `uq-packed` for UQ parts); `receive` reads the layout of the chunk
+    coder id `layout` (default: the one `send` writes)."""
 
-    def __init__(self, inner: StepCoder, fit: StepNets, step: int, packed: bool = True) -> None:
+    def __init__(self, inner: StepCoder, fit: StepNets, step: int, layout: int | None = None) -> None:
         if inner.coder_id not in GROUPED:
             raise ValueError(f"coder id {inner.coder_id} has no grouped form")
         self.inner, self.net, self.weights_hash = inner, fit.nets[step], fit.weights_hash
         self.refine_hash = fit.refine_hash  # the post-filter whose x_hat' the network reads (None: the U-Net's x_hat)
-        self.packed, self.shares = packed, inner.coder_id != CODER_UQ  # REC parts share their prefix's bytes
-        self.coder_id = (PACKED if packed else GROUPED)[inner.coder_id]
+        self.coder_id = WRITTEN[inner.coder_id]
+        self.layout = self.coder_id if layout is None else layout
 
     def _walk(self, ctx: StepContext, send_part: Callable[[int, StepContext, Tensor], Tensor]) -> Tensor:
         """z_s (1, 3, H, W), part by part: `send_part(part, part_ctx, mask)` returns the part's z_s (1, 1, 1, n)."""
@@ -203,17 +207,39 @@ class GroupedCoder:
         return z_s
 
     def send(self, ctx: StepContext, x: Tensor, pool: Executor | None = None) -> SentStep:
-        """The parts in order, each part's payload finished before the next part starts; a step of Gaussian KL under
-        MIN_STEP_BITS goes to `inner` whole."""
+        """The parts in order (REC parts into one range coder, UQ parts each finished before the next starts); a step
+        of Gaussian KL under MIN_STEP_BITS goes to `inner` whole."""
         mu_q = posterior(ctx.z_t, x, ctx.gamma_t, ctx.gamma_s)[0].reshape(-1).double().cpu()
         if float(kl_bits("gaussian", ctx.flat_prior(), mu_q).sum()) < MIN_STEP_BITS:
             return self.inner.send(ctx, x, pool)
+        if isinstance(self.inner, RecCoder):
+            coded, kl, z_s = self._send_stream(self.inner, ctx, x)
+        else:
+            coded, kl, z_s = self._send_packed(ctx, x)
+        return SentStep(start(None, lambda: coded), z_s, kl, self.coder_id)
+
+    def _send_stream(self, inner: RecCoder, ctx: StepContext, x: Tensor) -> tuple[Coded, float, Tensor]:
+        """(the `rec-stream` payload, the KL in bits, z_s)."""
+        writer, bits, kl = PartWriter(), 0.0, 0.0
+
+        def send_part(part: int, part_ctx: StepContext, mask: Tensor) -> Tensor:
+            nonlocal bits, kl
+            z_part, part_bits, part_kl = inner.send_into(part_ctx, _part(x, mask, part % 3), writer)
+            bits, kl = bits + part_bits, kl + part_kl
+            return z_part
+
+        z_s = self._walk(ctx, send_part)
+        body = writer.finish()
+        framing = STREAM_HASH_SIZE + PartWriter.PREFIX_SIZE  # the range coder's flush is not information
+        return Coded(self.weights_hash[:STREAM_HASH_SIZE] + body, bits + 8.0 * framing, {}), kl, z_s
+
+    def _send_packed(self, ctx: StepContext, x: Tensor) -> tuple[Coded, float, Tensor]:
+        """(the `uq-packed` payload, the KL in bits, z_s)."""
         payloads, bits, kl, clock = [], 0.0, 0.0, {}
 
         def send_part(part: int, part_ctx: StepContext, mask: Tensor) -> Tensor:
             nonlocal bits, kl
-            c = part % 3
-            sent = self.inner.send(part_ctx, _part(x, mask, c))
+            sent = self.inner.send(part_ctx, _part(x, mask, part % 3))
             coded = sent.coded.result()
             payloads.append(coded.payload)
             bits, kl = bits + coded.bits, kl + sent.kl_bits
@@ -222,15 +248,21 @@ class GroupedCoder:
             return sent.z_s
 
         z_s = self._walk(ctx, send_part)
-        body = _pack(payloads, self.shares)
-        bits += 8.0 * (HASH_SIZE + len(body) - sum(map(len, payloads)))  # the framing, less the bytes shared
-        coded = Coded(self.weights_hash + body, bits, clock)
-        return SentStep(start(None, lambda: coded), z_s, kl, PACKED[self.inner.coder_id])
+        body = _pack(payloads)
+        bits += 8.0 * (HASH_SIZE + len(body) - sum(map(len, payloads)))  # the framing
+        return Coded(self.weights_hash + body, bits, clock), kl, z_s
 
     def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
         """z_s from a grouped chunk (BitstreamError if it is cut or has bytes after its last part)."""
-        reader = _PartReader(payload, self.packed, self.shares)
-        z_s = self._walk(ctx, lambda part, part_ctx, mask: self.inner.receive(part_ctx, reader.next(part)))
+        if self.layout == CODER_REC_STREAM:
+            reader = PartReader(payload[STREAM_HASH_SIZE:])
+            inner = self.inner
+            if not isinstance(inner, RecCoder):
+                raise ValueError("a rec-stream chunk has REC parts")
+            z_s = self._walk(ctx, lambda part, part_ctx, mask: inner.receive_from(part_ctx, reader))
+        else:
+            reader = _PartReader(payload, self.layout in PACKED.values(), self.inner.coder_id != CODER_UQ)
+            z_s = self._walk(ctx, lambda part, part_ctx, mask: self.inner.receive(part_ctx, reader.next(part)))
         reader.finish()
         return z_s
 
@@ -238,6 +270,8 @@ class GroupedCoder:
 def grouped_parts(coder_id: int, payload: bytes) -> list[bytes]:
     """The PARTS payloads of a grouped step chunk (either layout), each as its part's coder wrote it (BitstreamError
     where the chunk is cut or malformed)."""
+    if coder_id == CODER_REC_STREAM:
+        raise ValueError("the parts of a rec-stream chunk share one range coder: only the model can tell them apart")
     reader = _PartReader(payload, coder_id in PACKED.values(), _PART_CODER[coder_id] != CODER_UQ)
     parts = [reader.next(part) for part in range(PARTS)]
     reader.finish()
@@ -249,26 +283,33 @@ def part_coder(coder_id: int) -> int:
     return _PART_CODER.get(coder_id, coder_id)
 
 
+def _fit_name(wanted: bytes) -> str:
+    """The name of the earlier step context fit a chunk names by (a prefix of) its hash."""
+    if len(wanted) == HASH_SIZE:
+        return earlier_fit_name(STEP_CONTEXT_FILE, wanted)
+    return f"a {STEP_CONTEXT_FILE.removesuffix('.pt')}.{wanted.hex()}*.pt"
+
+
 def grouped_receiver(coder_id: int, chunk: int, fits: Sequence[StepNets], payload: bytes) -> StepCoder:
     """The coder that reads step chunk `chunk`: `steps.receiver` for a plain chunk; for a grouped one, its parts'
     coder under the step's network in the fit (of the model's `fits`: step_context.pt and its earlier fits) whose
     weights the chunk names (ModelError if none has them)."""
     if coder_id not in _PART_CODER:
         return receiver(coder_id, chunk)
-    wanted = payload[:HASH_SIZE]
-    fit = next((f for f in fits if f.weights_hash == wanted), None)
+    wanted = payload[: hash_size(coder_id)]
+    fit = next((f for f in fits if f.weights_hash[: len(wanted)] == wanted), None)
     if fit is None or chunk not in fit.nets:
         if fit is not None:
             found = f"those weights have no network for step {chunk + 1}"
         elif fits:
             found = (f"this model's step context fits are {', '.join(f.weights_hash.hex() for f in fits)} "
                      f"({STEP_CONTEXT_FILE} and the earlier fits beside the model file), and "
-                     f"{earlier_fit_name(STEP_CONTEXT_FILE, wanted)} is not beside it")
+                     f"{_fit_name(wanted)} is not beside it")
         else:
             found = f"this model has no step context network ({STEP_CONTEXT_FILE} beside the model file)"
         raise ModelError(f"chunk {chunk} was sent with step context weights {wanted.hex()}, but {found}; rungs 0 to "
                          f"{chunk} decode without it (--rung {chunk})")
-    return GroupedCoder(receiver(_PART_CODER[coder_id], chunk), fit, chunk, packed=coder_id in PACKED.values())
+    return GroupedCoder(receiver(_PART_CODER[coder_id], chunk), fit, chunk, layout=coder_id)
 
 
 def grouped_coders(coders: list[StepCoder], nets: StepNets | None) -> list[StepCoder]:
@@ -280,5 +321,6 @@ def grouped_coders(coders: list[StepCoder], nets: StepNets | None) -> list[StepC
             for i, c in enumerate(coders)]
 
 
-__all__ = ["GROUPED", "MIN_STEP_BITS", "PACKED", "PARTS", "STEP_CONTEXT_FILE", "GroupedCoder", "StepNets", "group_prior",
-           "grouped_coders", "grouped_parts", "grouped_receiver", "load_step_nets", "part_coder", "refined_inputs", "save_step_nets"]
+__all__ = ["GROUPED", "MIN_STEP_BITS", "PACKED", "PARTS", "STEP_CONTEXT_FILE", "WRITTEN", "GroupedCoder", "StepNets",
+           "group_prior", "grouped_coders", "grouped_parts", "grouped_receiver", "hash_size", "load_step_nets",
+           "part_coder", "refined_inputs", "save_step_nets"]

@@ -18,10 +18,11 @@ from torch import Tensor
 from diffcodec import rng
 from diffcodec.bitstream import CODER_REC, CODER_REC_ESCAPE, CODER_REC_POWER, CODER_UQ, CODERS
 from diffcodec.entropy import decode_symbols, encode_symbols
+from diffcodec.entropy.coder import decode_symbols_from, encode_symbols_into
 from diffcodec.errors import BadInputError, BitstreamError
-from diffcodec.rec import FAMILIES, StepPrior, decode_step, encode_step
-from diffcodec.rec.coder import (MARGIN, MAX_ESCAPE, TARGET_BITS, check_budget, check_escape, check_fraction,
-                                 check_sharpen, with_skips, without_skips)
+from diffcodec.rec import FAMILIES, RecStep, StepPrior, decode_step, encode_step
+from diffcodec.rec.coder import (MARGIN, MAX_ESCAPE, TARGET_BITS, PartReader, PartWriter, check_budget, check_escape,
+                                 check_fraction, check_sharpen, with_skips, without_skips)
 from diffcodec.uqdm import logistic_scale, posterior, step_bits
 
 CODER_CHOICES = ("uq", "rec", "hybrid")
@@ -164,6 +165,14 @@ class UQCoder:
         return dequantize(ctx, torch.from_numpy(k).to(ctx.z_t.device).reshape(ctx.z_t.shape).float(), u)
 
 
+class _Escapes(NamedTuple):
+    """The UQ symbols k of a REC step's skipped elements and their discretized logistic (flat, in element order)."""
+
+    symbols: np.ndarray
+    mean: Tensor
+    scale: Tensor
+
+
 class RecCoder:
     """Chunked shared-seed REC of the uniform or the Gaussian posterior (the family travels in the payload). It
     writes the `rec-power` layout (indices under a power pmf fitted per step), or with `escape` the `rec-escape`
@@ -178,42 +187,76 @@ class RecCoder:
         self.escape = escape  # the factor of out_of_reach (encoder); not None: the rec-escape layout (both sides)
         self.coder_id = CODER_REC_ESCAPE if escape is not None else CODER_REC_POWER if power else CODER_REC
 
-    def send(self, ctx: StepContext, x: Tensor, pool: Executor | None = None) -> SentStep:
-        """Serial whatever `pool`: the payload is the index of the candidate that is z_s, found by the search (and
-        the UQ symbols of the chunks it skipped)."""
-        t = time.perf_counter()
+    def _search(self, ctx: StepContext, x: Tensor) -> tuple[RecStep, Tensor, _Escapes | None, float]:
+        """(the REC step, the decoder's z_s (1, 3, H, W), the UQ symbols and coding model of the skipped chunks'
+        elements or None, the step's KL in bits)."""
         mu_q = posterior(ctx.z_t, x, ctx.gamma_t, ctx.gamma_s)[0]
         sent = encode_step(self.family, ctx.seed, ctx.step, ctx.flat_prior(), _flat64(mu_q), self.target_bits,
                            self.margin, ctx.z_t.device, self.power, self.fraction, sharpen=self.sharpen,
                            escape=self.escape)
         z_s = sent.z_s.float().reshape(ctx.z_t.shape).to(ctx.z_t.device)
-        payload, bits, kl = sent.payload, sent.bits, sent.kl_bits
-        if len(sent.skipped):
-            escaped = torch.isnan(z_s)
-            u = dither(ctx)
-            k = quantize(ctx, mu_q, u)
-            z_uq = dequantize(ctx, k, u)
-            z_s = torch.where(escaped, z_uq, z_s)
-            rows, mean, scale = _coding_model_at(ctx, u, escaped)
-            uq = code_symbols(flat(k).long().numpy()[rows.cpu().numpy()], mean, scale)
+        if not len(sent.skipped):
+            return sent, z_s, None, sent.kl_bits
+        escaped = torch.isnan(z_s)
+        u = dither(ctx)
+        k = quantize(ctx, mu_q, u)
+        z_uq = dequantize(ctx, k, u)
+        rows, mean, scale = _coding_model_at(ctx, u, escaped)
+        kl = sent.kl_bits + float(step_bits(z_uq[escaped], ctx.mu_p[escaped], ctx.sigma_p[escaped], ctx.delta).double().sum())
+        return sent, torch.where(escaped, z_uq, z_s), _Escapes(flat(k).long().numpy()[rows.cpu().numpy()], mean, scale), kl
+
+    def send(self, ctx: StepContext, x: Tensor, pool: Executor | None = None) -> SentStep:
+        """Serial whatever `pool`: the payload is the index of the candidate that is z_s, found by the search (and
+        the UQ symbols of the chunks it skipped)."""
+        t = time.perf_counter()
+        sent, z_s, escapes, kl = self._search(ctx, x)
+        payload, bits = sent.payload, sent.bits
+        if escapes is not None:
+            uq = code_symbols(escapes.symbols, escapes.mean, escapes.scale)
             payload = with_skips(sent.payload, self.power, sent.skipped, uq.payload)
             bits += uq.bits + 8 * (len(payload) - len(sent.payload) - len(uq.payload))  # + the head's bytes
-            kl += float(step_bits(z_uq[escaped], ctx.mu_p[escaped], ctx.sigma_p[escaped], ctx.delta).double().sum())
         ctx.clock["rec"] = ctx.clock.get("rec", 0.0) + time.perf_counter() - t
         return SentStep(start(None, lambda: Coded(payload, bits, {})), z_s, kl, self.coder_id)
+
+    def send_into(self, ctx: StepContext, x: Tensor, writer: PartWriter) -> tuple[Tensor, float, float]:
+        """`send` as one part of a chunk whose parts share `writer`'s range coder (the skipped chunks' elements coded
+        right after the part's indices): (z_s, the bits it wrote, the KL in bits)."""
+        t = time.perf_counter()
+        sent, z_s, escapes, kl = self._search(ctx, x)
+        bits = writer.write(sent)
+        if escapes is not None:
+            bits += encode_symbols_into(writer.encoder, escapes.symbols, escapes.mean, escapes.scale)
+        ctx.clock["rec"] = ctx.clock.get("rec", 0.0) + time.perf_counter() - t
+        return z_s, bits, kl
+
+    def _with_escapes(self, ctx: StepContext, z_s: Tensor, skipped: np.ndarray | None,
+                      decode: Callable[[Tensor, Tensor], np.ndarray]) -> Tensor:
+        """z_s (n,) float64 from REC, NaN in the `skipped` chunks, as (1, 3, H, W) with those elements' k from
+        `decode(mean, scale)` under their discretized logistic."""
+        z_s = z_s.float().reshape(ctx.z_t.shape).to(ctx.z_t.device)
+        if skipped is None or not len(skipped):
+            return z_s
+        escaped = torch.isnan(z_s)
+        u = dither(ctx)
+        rows, mean, scale = _coding_model_at(ctx, u, escaped)
+        k = torch.zeros(rows.shape, dtype=torch.float32)
+        k[rows.cpu()] = torch.from_numpy(decode(mean, scale)).float()
+        return torch.where(escaped, dequantize(ctx, k.reshape(ctx.z_t.shape).to(ctx.z_t.device), u), z_s)
 
     def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
         t = time.perf_counter()
         skipped, uq, payload = without_skips(payload, self.power) if self.escape is not None else (None, b"", payload)
         z_s = decode_step(payload, ctx.seed, ctx.step, ctx.flat_prior(), self.power, skipped)
-        z_s = z_s.float().reshape(ctx.z_t.shape).to(ctx.z_t.device)
-        if skipped is not None and len(skipped):
-            escaped = torch.isnan(z_s)
-            u = dither(ctx)
-            rows, mean, scale = _coding_model_at(ctx, u, escaped)
-            k = torch.zeros(rows.shape, dtype=torch.float32)
-            k[rows.cpu()] = torch.from_numpy(decode_symbols(uq, mean, scale, clock=ctx.clock)).float()
-            z_s = torch.where(escaped, dequantize(ctx, k.reshape(ctx.z_t.shape).to(ctx.z_t.device), u), z_s)
+        z_s = self._with_escapes(ctx, z_s, skipped, lambda mean, scale: decode_symbols(uq, mean, scale, clock=ctx.clock))
+        ctx.clock["rec"] = ctx.clock.get("rec", 0.0) + time.perf_counter() - t
+        return z_s
+
+    def receive_from(self, ctx: StepContext, reader: PartReader) -> Tensor:
+        """`receive` of one part of a chunk whose parts share `reader`'s range coder."""
+        t = time.perf_counter()
+        z_s, skipped = reader.read(ctx.seed, ctx.step, ctx.flat_prior())
+        z_s = self._with_escapes(ctx, z_s, skipped, lambda mean, scale: decode_symbols_from(
+            reader.decoder, mean, scale, clock=ctx.clock, window_scales=reader.window_scales))
         ctx.clock["rec"] = ctx.clock.get("rec", 0.0) + time.perf_counter() - t
         return z_s
 

@@ -204,3 +204,49 @@ def test_tables_are_built_on_the_cpu_unless_the_model_is_on_cuda_with_triton(mon
     assert coder.table_builder(torch.device("cpu")) is rate_table
     monkeypatch.setitem(sys.modules, "diffcodec.entropy.triton_tables", None)  # as without triton: ImportError
     assert coder.table_builder(torch.device("cuda")) is rate_table
+
+
+def test_parts_sharing_one_range_coder_round_trip_with_one_flush() -> None:
+    """Symbols of several parts, their head numbers and REC indices in one coder: the decoder reads them back part by
+    part, and the file is smaller than the parts coded apart."""
+    from diffcodec.entropy.coder import decode_symbols_from, encode_symbols_into
+    from diffcodec.entropy.index import decode_indices_from, encode_indices_into
+    from diffcodec.entropy.shared import (RangeEncoder, check_exhausted, decode_count, decode_signed, encode_count,
+                                          encode_signed, finish, new_decoder, new_encoder)
+
+    rng = np.random.default_rng(7)
+    parts = []
+    for n in (0, 1, 300, 5000):
+        mean, scale = rng.uniform(-20, 20, n), rng.uniform(0.2, 5.0, n)
+        budgets = rng.integers(1, 9, n // 10)
+        parts.append((_draw(rng, mean, scale), mean, scale, budgets, rng.integers(0, 1 << (budgets + 2)),
+                      int(rng.integers(0, 1 << 20)), int(rng.integers(-(1 << 20), 1 << 20))))
+    def write(encoder: RangeEncoder, part: tuple) -> None:
+        k, mean, scale, budgets, indices, count, signed = part
+        encode_count(encoder, count)
+        encode_signed(encoder, signed)
+        encode_indices_into(encoder, indices, budgets, 2, 40)
+        encode_symbols_into(encoder, k, mean, scale)
+
+    encoder, apart = new_encoder(), 0
+    for part in parts:
+        write(encoder, part)
+        alone = new_encoder()
+        write(alone, part)
+        apart += len(finish(alone))
+    words = finish(encoder)
+    decoder = new_decoder(words, "parts")
+    for k, mean, scale, budgets, indices, count, signed in parts:
+        assert decode_count(decoder, "parts") == count and decode_signed(decoder, "parts") == signed
+        assert np.array_equal(decode_indices_from(decoder, budgets, 2, 40), indices)
+        assert np.array_equal(decode_symbols_from(decoder, mean, scale), k)
+    check_exhausted(decoder, "parts")
+    assert len(words) < apart
+    with pytest.raises(BitstreamError, match="whole 32-bit words"):
+        new_decoder(words[:-1], "parts")
+    decoder = new_decoder(words + bytes(8), "parts")
+    for k, mean, scale, budgets, indices, count, signed in parts:
+        decode_count(decoder, "parts"), decode_signed(decoder, "parts")
+        decode_indices_from(decoder, budgets, 2, 40), decode_symbols_from(decoder, mean, scale)
+    with pytest.raises(BitstreamError, match="does not end"):
+        check_exhausted(decoder, "parts")

@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 
 import diffcodec
 from diffcodec import step_context as sc
-from diffcodec.rec.coder import without_skips
-from diffcodec.bitstream import (CODER_REC_ESCAPE, CODER_REC_ESCAPE_PACKED, CODER_UQ, CODER_UQ_PACKED, Chunk,
-                                 pack_varints, read_stream, write_stream)
+from diffcodec.rec.coder import PartWriter, RecStep
+from diffcodec.bitstream import (CODER_REC_ESCAPE, CODER_REC_ESCAPE_GROUPED, CODER_REC_ESCAPE_PACKED, CODER_REC_STREAM,
+                                 CODER_UQ, CODER_UQ_GROUPED, CODER_UQ_PACKED, Chunk, pack_varints, read_stream,
+                                 write_stream)
 from diffcodec.cli import app
 from diffcodec.context import earlier_fit_name
 from diffcodec.errors import BadInputError, BitstreamError, ModelError
@@ -26,7 +27,7 @@ from diffcodec.zoo import load_model
 from conftest import KODIM01, KODIM15, copy_default, rgb_pixels
 
 STEPS = 5  # the default model's codec.json: all five steps by Gaussian REC, chunks out of reach by UQ (rec_escape)
-GROUPED_IDS = {None: [CODER_REC_ESCAPE_PACKED] * 5, 4: [CODER_REC_ESCAPE_PACKED] * 4 + [CODER_UQ_PACKED]}
+GROUPED_IDS = {None: [CODER_REC_STREAM] * 5, 4: [CODER_REC_STREAM] * 4 + [CODER_UQ_PACKED]}
 PLAIN_IDS = {None: [CODER_REC_ESCAPE] * 5, 4: [CODER_REC_ESCAPE] * 4 + [CODER_UQ]}  # by rec_steps
 
 
@@ -68,11 +69,6 @@ def test_grouped_steps_decode_exactly(grouped_model: Path, always_grouped: None,
     assert [c.coder for c in read_stream(plain).chunks[:STEPS]] == PLAIN_IDS[rec_steps]
 
 
-def skipped_chunks(chunk: Chunk) -> int:
-    """How many chunks the parts of a `rec-escape-packed` chunk sent by UQ."""
-    return sum(without_skips(part, True)[0].size for part in sc.grouped_parts(chunk.coder, chunk.payload))
-
-
 def first_layout(chunk: Chunk) -> Chunk:
     """A packed grouped chunk rewritten in the first layout: u32 lengths, whole parts, the first layout's coder id."""
     parts = sc.grouped_parts(chunk.coder, chunk.payload)
@@ -80,35 +76,57 @@ def first_layout(chunk: Chunk) -> Chunk:
     return Chunk(sc.GROUPED[sc.part_coder(chunk.coder)], chunk.payload[: sc.HASH_SIZE] + body, chunk.check)
 
 
-@pytest.mark.parametrize("rec_steps", [None, 4])  # REC parts (which share prefix bytes) and UQ parts
-def test_the_first_grouped_layout_still_decodes(grouped_model: Path, always_grouped: None,
-                                                rec_steps: int | None) -> None:
-    """Files written before the packed layout: the same parts with u32 lengths and whole REC prefixes."""
+def test_the_first_grouped_layout_still_decodes(grouped_model: Path, always_grouped: None) -> None:
+    """Files written before the packed layout: the same parts with u32 lengths (UQ parts here; the release files of
+    test_releases.py hold REC parts in the first and the packed layout)."""
     pixels = np.ascontiguousarray(rgb_pixels(KODIM15)[3:64, 5:52])
-    coding = {} if rec_steps is None else {"coder": "hybrid", "rec_steps": rec_steps, "posterior": "gaussian"}
-    stream = read_stream(diffcodec.encode(pixels, model=grouped_model, seed=3, **coding))
-    old = [first_layout(c) if c.coder in sc.PACKED.values() else c for c in stream.chunks]
-    assert [c.coder for c in old[2:STEPS]] == [sc.GROUPED[sc.part_coder(c)] for c in GROUPED_IDS[rec_steps][2:]]
-    for new, was in zip(stream.chunks[2:STEPS], old[2:STEPS]):
-        shares = sc.part_coder(new.coder) != CODER_UQ  # REC parts after the first leave out 2 prefix bytes
-        stored = [len(p) - 2 * (shares and i > 0) for i, p in enumerate(sc.grouped_parts(new.coder, new.payload))]
-        saved = sum(4 - len(pack_varints([n])) for n in stored) + 2 * (sc.PARTS - 1) * shares
-        assert len(was.payload) - len(new.payload) == saved > 0
+    stream = read_stream(diffcodec.encode(pixels, model=grouped_model, seed=3, coder="hybrid", rec_steps=4,
+                                          posterior="gaussian"))
+    new = stream.chunks[STEPS - 1]
+    was = first_layout(new)
+    assert (new.coder, was.coder) == (CODER_UQ_PACKED, CODER_UQ_GROUPED)
+    saved = sum(4 - len(pack_varints([len(p)])) for p in sc.grouped_parts(new.coder, new.payload))
+    assert len(was.payload) - len(new.payload) == saved > 0
+    old = [*stream.chunks[: STEPS - 1], was, *stream.chunks[STEPS:]]
     assert np.array_equal(diffcodec.decode(write_stream(stream.header, old), model=grouped_model), pixels)
 
 
+def test_a_release_file_rewritten_in_the_first_layout_decodes_alike() -> None:
+    """The packed REC chunk of a release file, its parts given back their prefix bytes and u32 lengths."""
+    stream = read_stream((Path(__file__).parent / "data" / "releases" / "27e5f68.dcz").read_bytes())
+    old = [first_layout(c) if c.coder == CODER_REC_ESCAPE_PACKED else c for c in stream.chunks]
+    assert CODER_REC_ESCAPE_GROUPED in [c.coder for c in old]
+    data = write_stream(stream.header, old)
+    assert len(data) > len(write_stream(stream.header, stream.chunks))
+    assert np.array_equal(diffcodec.decode_rungs(data)[-1].pixels, rgb_pixels(KODIM01))  # every rung checked
+
+
+def skipped_chunks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of chunks each REC part written from now on sends by UQ (filled as the encoder writes them)."""
+    counts: list[int] = []
+    write = PartWriter.write
+
+    def spy(self: PartWriter, sent: RecStep) -> float:
+        counts.append(len(sent.skipped))
+        return write(self, sent)
+
+    monkeypatch.setattr(PartWriter, "write", spy)
+    return counts
+
+
 def test_grouped_steps_with_chunks_sent_by_uq_decode_exactly(grouped_model: Path, always_grouped: None,
-                                                              tmp_path: Path) -> None:
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """At a small rec_escape many chunks of the grouped parts go by UQ; every rung still decodes as the encoder saw it."""
     folder = tmp_path / "m"
     shutil.copytree(grouped_model, folder)
     coding = json.loads((folder / "codec.json").read_text())
     (folder / "codec.json").write_text(json.dumps({**coding, "rec_escape": 0.25}))
     pixels = np.ascontiguousarray(rgb_pixels(KODIM15)[3:64, 5:52])
+    skipped = skipped_chunks(monkeypatch)
     data = diffcodec.encode(pixels, model=folder, seed=3)
     chunks = read_stream(data).chunks[:STEPS]
     assert [c.coder for c in chunks] == [CODER_REC_ESCAPE] * 2 + GROUPED_IDS[None][2:]
-    assert all(skipped_chunks(c) > 0 for c in chunks[2:])
+    assert len(skipped) == 3 * sc.PARTS and all(sum(skipped[i : i + sc.PARTS]) > 0 for i in (0, 12, 24))
     assert np.array_equal(diffcodec.decode_rungs(data, model=folder)[-1].pixels, pixels)
     assert data != diffcodec.encode(pixels, model=grouped_model, seed=3)
 
@@ -181,14 +199,15 @@ def test_a_refit_keeps_the_earlier_fit_so_older_files_decode(grouped_model: Path
     assert kept.is_file() and [f.weights_hash for f in loaded.earlier_step_nets] == [first.weights_hash]
     assert np.array_equal(diffcodec.decode_rungs(old, model=folder)[-1].pixels, pixels)  # every rung checked
     new = read_stream(diffcodec.encode(pixels, model=folder, seed=3))
-    assert new.chunks[STEPS - 1].payload[: sc.HASH_SIZE] == loaded.step_nets.weights_hash  # the encoder's is the refit
+    last = new.chunks[STEPS - 1]  # the encoder's is the refit
+    assert last.payload[: sc.hash_size(last.coder)] == loaded.step_nets.weights_hash[: sc.hash_size(last.coder)]
     # an earlier fit made for other weights is left out; without the kept fit, the old file's grouped steps are
     # refused, naming the file that would decode them
     sc.save_step_nets(folder / earlier_fit_name(sc.STEP_CONTEXT_FILE, bytes(8)), first.nets, bytes(8))
     kept.unlink()
     assert load_model(folder).earlier_step_nets == ()
     assert np.array_equal(diffcodec.decode(old, model=folder, rung=2), diffcodec.decode(old, model=grouped_model, rung=2))
-    with pytest.raises(ModelError, match=kept.name):
+    with pytest.raises(ModelError, match=rf"step_context\.{first.weights_hash[:4].hex()}\*\.pt is not beside"):
         diffcodec.decode(old, model=folder)
 
 

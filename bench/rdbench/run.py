@@ -17,6 +17,7 @@ import torch
 from PIL import Image, features
 from tqdm import tqdm
 
+from diffcodec import step_context
 from diffcodec.bitstream import CODERS
 from diffcodec.codec import RECONS, iter_rungs
 from diffcodec.image import load_image
@@ -133,6 +134,7 @@ def run(folder: Path, out: Path, model: str = "default", seed: int = 0, limit: i
     coding = asdict(loaded.coding)
     keys = {"diffcodec": {**identity, "seed": seed, "coding": coding,
                           "coders": list(CODERS.values()),  # a new chunk layout re-measures too
+                          "min_step_bits": step_context.MIN_STEP_BITS,  # so does another rule for grouping a step
                           "recons": list(recons)},
             "baselines": {"sweeps": sweeps(), "versions": library_versions()}}
     images = measure_all(paths, out / "cache", model, seed, keys, recons)

@@ -90,9 +90,25 @@ def encode_symbols(
         >>> payload, bits = encode_symbols(k, m, s)
         >>> assert (decode_symbols(payload, m, s) == k).all()
     """
+    encoder = constriction.stream.queue.RangeEncoder()
+    bits = encode_symbols_into(encoder, symbols, mean, scale, lo, hi, clock)
+    return bytes([WINDOW_SCALES]) + encoder.get_compressed().astype("<u4").tobytes(), bits
+
+
+@one_thread()
+def encode_symbols_into(
+    encoder: constriction.stream.queue.RangeEncoder,
+    symbols: np.ndarray,
+    mean: Tensor | np.ndarray,
+    scale: Tensor | np.ndarray,
+    lo: int | None = None,
+    hi: int | None = None,
+    clock: dict[str, float] | None = None,
+) -> float:
+    """`encode_symbols` into a range coder other parts share (entropy/shared.py), with the window rule WINDOW_SCALES
+    (the caller records it); returns the information content in bits."""
     mean_t, scale_t = _check_model(mean, scale, lo, hi)
     symbols_t = _check_symbols(symbols, mean_t.shape[0], lo, hi)
-    encoder = constriction.stream.queue.RangeEncoder()
     bits = 0.0
     ticks = _Ticks(clock)
     plan = _Plan(scale_t, WINDOW_SCALES, lo, hi)
@@ -110,7 +126,7 @@ def encode_symbols(
             _check_offsets(offsets)
             encoder.encode(_split_offsets(offsets), _HALF_MODEL)
         ticks.lap("coder")
-    return bytes([WINDOW_SCALES]) + encoder.get_compressed().astype("<u4").tobytes(), bits
+    return bits
 
 
 @one_thread()
@@ -131,9 +147,31 @@ def decode_symbols(
             coded with other parameters; a corrupt payload is not always detected, the
             container's checksum is what guarantees integrity).
     """
-    mean_t, scale_t = _check_model(mean, scale, lo, hi)
     window_scales, words = _parse_payload(payload)
     decoder = constriction.stream.queue.RangeDecoder(words)
+    symbols = decode_symbols_from(decoder, mean, scale, lo, hi, clock, window_scales)
+    if not decoder.maybe_exhausted():
+        raise BitstreamError(
+            "entropy payload does not end where its symbols do: it is truncated, padded or corrupt"
+        )
+    return symbols
+
+
+@one_thread()
+def decode_symbols_from(
+    decoder: constriction.stream.queue.RangeDecoder,
+    mean: Tensor | np.ndarray,
+    scale: Tensor | np.ndarray,
+    lo: int | None = None,
+    hi: int | None = None,
+    clock: dict[str, float] | None = None,
+    window_scales: int = WINDOW_SCALES,
+) -> np.ndarray:
+    """Inverse of `encode_symbols_into`: (n,) int64 symbols read from a shared range decoder (with window rule
+    `window_scales`), which then goes on to the next part (BitstreamError as `decode_symbols`)."""
+    if window_scales == 0:
+        raise BitstreamError("entropy payload has window rule 0: windows must scale with c >= 1")
+    mean_t, scale_t = _check_model(mean, scale, lo, hi)
     symbols = torch.zeros(mean_t.shape[0], dtype=torch.int64)
     ticks = _Ticks(clock)
     plan = _Plan(scale_t, window_scales, lo, hi)
@@ -151,10 +189,6 @@ def decode_symbols(
             batch[escaped] = table.base[escaped] + _join_offsets(_decode(decoder, _HALF_MODEL, 2 * escapes))
         ticks.lap("coder")
         symbols[plan.order[rows]] = batch
-    if not decoder.maybe_exhausted():
-        raise BitstreamError(
-            "entropy payload does not end where its symbols do: it is truncated, padded or corrupt"
-        )
     _check_decoded_range(symbols, lo, hi)
     return symbols.numpy()
 
@@ -234,8 +268,6 @@ def _parse_payload(payload: bytes) -> tuple[int, np.ndarray]:
             f"entropy payload of {len(payload)} bytes is cut or padded: it must be a 1-byte header "
             "followed by whole 32-bit words"
         )
-    if payload[0] == 0:
-        raise BitstreamError("entropy payload has window rule 0: windows must scale with c >= 1")
     return payload[0], np.frombuffer(payload, dtype="<u4", offset=1).astype(np.uint32)
 
 

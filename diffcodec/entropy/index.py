@@ -57,13 +57,20 @@ def encode_indices(indices: np.ndarray, bits: np.ndarray, margin: int, alpha: in
     """Code chunk indices (c,) with budgets `bits` (c,) under the flat (alpha None) or power pmf; returns (payload,
     information content in bits under the float pmf; the coder's quantised tables and flush add < 64 bits plus
     ~1e-4 bits per index)."""
+    encoder = constriction.stream.queue.RangeEncoder()
+    info = encode_indices_into(encoder, indices, bits, margin, alpha)
+    return encoder.get_compressed().astype("<u4").tobytes(), info
+
+
+def encode_indices_into(encoder: constriction.stream.queue.RangeEncoder, indices: np.ndarray, bits: np.ndarray,
+                        margin: int, alpha: int | None = None) -> float:
+    """`encode_indices` into a range coder other parts share (entropy/shared.py); returns the information content."""
     indices, bits = np.asarray(indices, np.int64), np.asarray(bits, np.int64)
     if indices.shape != bits.shape or (indices < 0).any() or (indices >= 1 << (bits + margin)).any():
         raise BadInputError("every index must lie in [0, 2^(bits + margin)) of its chunk")
-    encoder = constriction.stream.queue.RangeEncoder()
     for b, rows in _groups(bits):
         encoder.encode(indices[rows].astype(np.int32), _model(b, margin, alpha))
-    return encoder.get_compressed().astype("<u4").tobytes(), index_bits(indices, bits, margin, alpha)
+    return index_bits(indices, bits, margin, alpha)
 
 
 def decode_indices(payload: bytes, bits: np.ndarray, margin: int, alpha: int | None = None) -> np.ndarray:
@@ -71,6 +78,15 @@ def decode_indices(payload: bytes, bits: np.ndarray, margin: int, alpha: int | N
     if len(payload) % 4:
         raise BitstreamError(f"REC index payload of {len(payload)} bytes is not whole 32-bit words: it is cut or padded")
     decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, "<u4").astype(np.uint32))
+    indices = decode_indices_from(decoder, bits, margin, alpha)
+    if not decoder.maybe_exhausted():
+        raise BitstreamError("REC index payload does not end where its indices do: it is truncated, padded or corrupt")
+    return indices
+
+
+def decode_indices_from(decoder: constriction.stream.queue.RangeDecoder, bits: np.ndarray, margin: int,
+                        alpha: int | None = None) -> np.ndarray:
+    """Inverse of `encode_indices_into`: (c,) int64 indices read from a shared range decoder."""
     bits = np.asarray(bits, np.int64)
     indices = np.zeros(bits.shape, np.int64)
     try:
@@ -78,6 +94,4 @@ def decode_indices(payload: bytes, bits: np.ndarray, margin: int, alpha: int | N
             indices[rows] = decoder.decode(_model(b, margin, alpha), len(rows))
     except (RuntimeError, ValueError, AssertionError) as err:
         raise BitstreamError(f"REC index payload is corrupt: the range decoder failed ({err})") from err
-    if not decoder.maybe_exhausted():
-        raise BitstreamError("REC index payload does not end where its indices do: it is truncated, padded or corrupt")
     return indices

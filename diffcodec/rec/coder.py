@@ -25,11 +25,16 @@ skipped), u8 target_bits, u8 margin, u16 f * 256 (little-endian), in the power l
 alpha, then with SKIPS the skipped chunks and the side payload (`with_skips`), then the index words (u32
 little-endian), coded under the flat pmf (the first layout, chunk coder `rec`) or the power pmf of exponent
 alpha / 64 (entropy/index.py).
+
+Several parts of one chunk (the 12 parts of a grouped step, step_context.py) can share one range coder instead
+(`PartWriter`, `PartReader`; chunk coder `rec-stream`): one prefix for all, then per part its factor, alpha and
+skipped chunks coded as small numbers (entropy/shared.py) before its indices, and one flush at the end.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -39,7 +44,11 @@ from torch import Tensor
 
 from diffcodec import rng
 from diffcodec.bitstream import pack_varints, read_varint
-from diffcodec.entropy.index import best_alpha, decode_indices, encode_indices
+from diffcodec.entropy import WINDOW_SCALES
+from diffcodec.entropy.index import (ALPHA_CHOICES, best_alpha, decode_indices, decode_indices_from, encode_indices,
+                                     encode_indices_into)
+from diffcodec.entropy.shared import (check_exhausted, decode_count, decode_signed, encode_count, encode_signed, finish,
+                                      new_decoder, new_encoder)
 from diffcodec.errors import BadInputError, BitstreamError
 from diffcodec.rec import native
 from diffcodec.rec.family import DRAWS, StepPrior, candidates, check_family, expected_bits, kl_bits
@@ -72,10 +81,34 @@ SEARCH_WORKERS = 2  # threads of the encoder's candidate search
 
 
 @dataclass(frozen=True)
+class RecHead:
+    """What a REC step's decoder reads before its indices (its payload's prefix)."""
+
+    family: str
+    target_bits: int
+    margin: int
+    factor: int  # f in 1/256 (`_factor`)
+    alpha: int | None  # the power pmf's exponent in 1/64 (None: the flat pmf of the first layout)
+    draw_bits: int  # the candidates' uniforms: 16 or 64 bits
+
+    def family_byte(self) -> int:
+        """The payload's first byte: the family id, plus NARROW_DRAWS for 16-bit uniforms."""
+        return FAMILY_IDS[self.family] + (NARROW_DRAWS if self.draw_bits == 16 else 0)
+
+    def prefix(self) -> bytes:
+        """The payload's prefix: family byte, target bits, margin, factor, and alpha in the power layout."""
+        return (_PREFIX.pack(self.family_byte(), self.target_bits, self.margin, self.factor)
+                + (b"" if self.alpha is None else bytes([self.alpha])))
+
+
+@dataclass(frozen=True)
 class RecStep:
     """What encoding one step by REC produced."""
 
     payload: bytes
+    head: RecHead
+    indices: np.ndarray  # (c,) int64: the index j* of each chunk sent (ascending chunk id)
+    budgets: np.ndarray  # (c,) int64: those chunks' budgets b_c
     bits: float  # information content of the indices (plus the 5 prefix bytes' 40 bits)
     z_s: Tensor  # (n,) float64: the decoder's sample; NaN in the skipped chunks
     chunks: int
@@ -341,10 +374,10 @@ def encode_step(family: str, seed: int, step: int, p: StepPrior, mu_q: Tensor, t
     alpha = best_alpha(indices, bits[sent], margin) if power else None
     words, info = encode_indices(indices, bits[sent], margin, alpha)
     z_s = _sample(family, p, starts, {c: row for c, (_, row) in found.items()})  # what the decoder's _regenerate draws
-    family_id = FAMILY_IDS[family] + (NARROW_DRAWS if draw_bits == 16 else 0)
-    prefix = _PREFIX.pack(family_id, target_bits, margin, factor) + (b"" if alpha is None else bytes([alpha]))
-    return RecStep(prefix + words, info + 8 * len(prefix), z_s, len(sent), expected, float(kl_c[sent].sum()),
-                   skipped)
+    head = RecHead(family, target_bits, margin, factor, alpha, draw_bits)
+    prefix = head.prefix()
+    return RecStep(prefix + words, head, indices, bits[sent], info + 8 * len(prefix), z_s, len(sent), expected,
+                   float(kl_c[sent].sum()), skipped)
 
 
 def with_skips(payload: bytes, power: bool, skipped: np.ndarray, side: bytes) -> bytes:
@@ -381,25 +414,123 @@ def without_skips(payload: bytes, power: bool) -> tuple[np.ndarray, bytes, bytes
     return skipped, payload[pos : pos + length], rest
 
 
-def decode_step(payload: bytes, seed: int, step: int, p: StepPrior, power: bool = True,
-                skipped: np.ndarray | None = None) -> Tensor:
-    """The decoder's z_s (n,) float64 from a REC step payload (the family and the draws' width are read from it) in the power
-    layout (`power`) or the flat one; NaN in the chunks `skipped` (ascending ids the encoder left out; none if None)."""
+def read_head(payload: bytes, power: bool) -> tuple[RecHead, int]:
+    """(the head, its size in bytes) of a REC step payload in the power layout (`power`) or the flat one."""
     size = _PREFIX.size + power
     if len(payload) < size:
         raise BitstreamError(f"REC step payload of {len(payload)} bytes is cut inside its {size}-byte prefix")
     family_id, target_bits, margin, factor = _PREFIX.unpack_from(payload)
-    alpha = payload[_PREFIX.size] if power else None
-    draw_bits = 16 if family_id & NARROW_DRAWS else 64
+    family = _check_prefix(family_id, target_bits, margin, factor)
+    return RecHead(family, target_bits, margin, factor, payload[_PREFIX.size] if power else None,
+                   16 if family_id & NARROW_DRAWS else 64), size
+
+
+def _check_prefix(family_id: int, target_bits: int, margin: int, factor: int) -> str:
+    """The family of a valid prefix (BitstreamError for an invalid one)."""
     family_id &= ~NARROW_DRAWS
     if family_id not in _FAMILY_NAMES or not 1 <= target_bits <= MAX_TARGET_BITS or margin > MAX_MARGIN \
-            or factor == 0:
+            or not 0 < factor < 2**16:
         raise BitstreamError("REC step payload has an invalid (family, target_bits, margin, factor) prefix: it is corrupt")
-    family = _FAMILY_NAMES[family_id]
-    starts, bits = plan(family, p, target_bits, factor)
+    return _FAMILY_NAMES[family_id]
+
+
+def rebuild(head: RecHead, seed: int, step: int, p: StepPrior, skipped: np.ndarray | None,
+            read_indices: Callable[[np.ndarray], np.ndarray]) -> Tensor:
+    """The decoder's z_s (n,) float64 of a step with this head: the chunk plan, then `read_indices(budgets of the
+    chunks sent)`, then their candidates; NaN in the chunks `skipped` (ascending ids the encoder left out; none if
+    None)."""
+    starts, bits = plan(head.family, p, head.target_bits, head.factor)
     skipped = np.zeros(0, np.int64) if skipped is None else skipped
     if len(skipped) and skipped[-1] >= len(bits):
         raise BitstreamError(f"REC step skips chunk {int(skipped[-1])} of {len(bits)}: it is corrupt")
     sent = np.setdiff1d(np.arange(len(bits)), skipped)
-    indices = decode_indices(payload[size:], bits[sent], margin, alpha)
-    return _regenerate(family, seed, step, p, starts, dict(zip(sent.tolist(), indices.tolist())), draw_bits)
+    indices = read_indices(bits[sent])
+    return _regenerate(head.family, seed, step, p, starts, dict(zip(sent.tolist(), indices.tolist())), head.draw_bits)
+
+
+def decode_step(payload: bytes, seed: int, step: int, p: StepPrior, power: bool = True,
+                skipped: np.ndarray | None = None) -> Tensor:
+    """The decoder's z_s (n,) float64 from a REC step payload (the family and the draws' width are read from it) in
+    the power layout (`power`) or the flat one; NaN in the chunks `skipped` (ascending ids the encoder left out; none
+    if None)."""
+    head, size = read_head(payload, power)
+    return rebuild(head, seed, step, p, skipped,
+                   lambda budgets: decode_indices(payload[size:], budgets, head.margin, head.alpha))
+
+
+_STREAM_PREFIX = struct.Struct("<BBBB")  # family byte, target bits, margin, the window rule of the escapes' UQ
+
+
+class PartWriter:
+    """The REC parts of one chunk in one range coder (entropy/shared.py): per part its factor and alpha as
+    differences from the part before (the first from f = 1 and the smallest alpha choice), its skipped chunks (their
+    count, then the gap before each), its indices; the caller codes a part's escaped elements into `encoder` right
+    after them. `finish` gives the chunk's bytes: the prefix the parts share (family byte, target bits, margin,
+    window rule), then the words."""
+
+    PREFIX_SIZE = _STREAM_PREFIX.size
+
+    def __init__(self) -> None:
+        self.encoder = new_encoder()
+        self.head: RecHead | None = None
+        self.factor, self.alpha = _FACTOR_UNITS, ALPHA_CHOICES[0]
+
+    def write(self, sent: RecStep) -> float:
+        """Code one part's head, skipped chunks and indices; returns their information content in bits."""
+        head = sent.head
+        if head.alpha is None:
+            raise ValueError("REC parts in one range coder use the power pmf")
+        if self.head is not None and (head.family, head.target_bits, head.margin, head.draw_bits) != \
+                (self.head.family, self.head.target_bits, self.head.margin, self.head.draw_bits):
+            raise ValueError("the parts of a REC step differ in family, target bits, margin or draws")
+        self.head = self.head or head
+        bits = encode_signed(self.encoder, head.factor - self.factor) + encode_signed(self.encoder, head.alpha - self.alpha)
+        self.factor, self.alpha = head.factor, head.alpha
+        gaps = np.diff(sent.skipped, prepend=-1) - 1
+        bits += sum(encode_count(self.encoder, int(n)) for n in [len(gaps), *gaps.tolist()])
+        return bits + encode_indices_into(self.encoder, sent.indices, sent.budgets, head.margin, head.alpha)
+
+    def finish(self) -> bytes:
+        """The shared prefix and the coder's words (ValueError if no part was written)."""
+        if self.head is None:
+            raise ValueError("no REC part was written")
+        h = self.head
+        return _STREAM_PREFIX.pack(h.family_byte(), h.target_bits, h.margin, WINDOW_SCALES) + finish(self.encoder)
+
+
+class PartReader:
+    """Reads what a `PartWriter` wrote, part by part; `decoder` is where the caller reads a part's escaped elements
+    (with the window rule `window_scales`)."""
+
+    WHAT = "the range-coded REC parts of a grouped step chunk"
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) < _STREAM_PREFIX.size:
+            raise BitstreamError(f"{self.WHAT} are cut inside their {_STREAM_PREFIX.size}-byte prefix")
+        family_id, self.target_bits, self.margin, self.window_scales = _STREAM_PREFIX.unpack_from(data)
+        self.family = _check_prefix(family_id, self.target_bits, self.margin, _FACTOR_UNITS)
+        self.draw_bits = 16 if family_id & NARROW_DRAWS else 64
+        if self.window_scales == 0:
+            raise BitstreamError(f"{self.WHAT} have window rule 0: it is corrupt")
+        self.decoder = new_decoder(data[_STREAM_PREFIX.size :], self.WHAT)
+        self.factor, self.alpha = _FACTOR_UNITS, ALPHA_CHOICES[0]
+
+    def read(self, seed: int, step: int, p: StepPrior) -> tuple[Tensor, np.ndarray]:
+        """(z_s (n,) float64, NaN in the skipped chunks; those chunks' ids) of the next part."""
+        self.factor += decode_signed(self.decoder, self.WHAT)
+        self.alpha += decode_signed(self.decoder, self.WHAT)
+        if not 0 < self.factor < 2**16 or not 0 <= self.alpha < 256:
+            raise BitstreamError(f"{self.WHAT} hold an invalid factor or alpha: it is corrupt")
+        count = decode_count(self.decoder, self.WHAT)
+        if count > max(len(p.mu_p), 1):  # every chunk holds an element
+            raise BitstreamError(f"{self.WHAT} skip {count} chunks of a part of {len(p.mu_p)} elements: it is corrupt")
+        gaps = np.array([decode_count(self.decoder, self.WHAT) for _ in range(count)], np.int64)
+        skipped = np.cumsum(gaps + 1) - 1
+        head = RecHead(self.family, self.target_bits, self.margin, self.factor, self.alpha, self.draw_bits)
+        z_s = rebuild(head, seed, step, p, skipped,
+                      lambda budgets: decode_indices_from(self.decoder, budgets, head.margin, head.alpha))
+        return z_s, skipped
+
+    def finish(self) -> None:
+        """BitstreamError unless the words end where the last part does."""
+        check_exhausted(self.decoder, self.WHAT)
