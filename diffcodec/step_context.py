@@ -35,8 +35,8 @@ from torch import Tensor
 
 from . import rng
 from .bitstream import (CODER_REC_ESCAPE, CODER_REC_ESCAPE_GROUPED, CODER_REC_ESCAPE_PACKED, CODER_REC_GROUPED,
-                        CODER_REC_PACKED, CODER_REC_POWER, CODER_REC_STREAM, CODER_UQ, CODER_UQ_GROUPED, CODER_UQ_PACKED,
-                        pack_varints, read_varint)
+                        CODER_REC_PACKED, CODER_REC_POWER, CODER_REC_STREAM, CODER_UQ, CODER_UQ_GROUPED,
+                        CODER_UQ_PACKED, pack_varints, read_varint)
 from .context import (GROUPS, channel_means, context_features, earlier_fit_name, group_mask, read_file,
                       write_file)
 from .determinism import one_thread

@@ -202,8 +202,9 @@ class RecCoder:
         k = quantize(ctx, mu_q, u)
         z_uq = dequantize(ctx, k, u)
         rows, mean, scale = _coding_model_at(ctx, u, escaped)
-        kl = sent.kl_bits + float(step_bits(z_uq[escaped], ctx.mu_p[escaped], ctx.sigma_p[escaped], ctx.delta).double().sum())
-        return sent, torch.where(escaped, z_uq, z_s), _Escapes(flat(k).long().numpy()[rows.cpu().numpy()], mean, scale), kl
+        kl_uq = step_bits(z_uq[escaped], ctx.mu_p[escaped], ctx.sigma_p[escaped], ctx.delta).double().sum()
+        escapes = _Escapes(flat(k).long().numpy()[rows.cpu().numpy()], mean, scale)
+        return sent, torch.where(escaped, z_uq, z_s), escapes, sent.kl_bits + float(kl_uq)
 
     def send(self, ctx: StepContext, x: Tensor, pool: Executor | None = None) -> SentStep:
         """Serial whatever `pool`: the payload is the index of the candidate that is z_s, found by the search (and
@@ -247,7 +248,8 @@ class RecCoder:
         t = time.perf_counter()
         skipped, uq, payload = without_skips(payload, self.power) if self.escape is not None else (None, b"", payload)
         z_s = decode_step(payload, ctx.seed, ctx.step, ctx.flat_prior(), self.power, skipped)
-        z_s = self._with_escapes(ctx, z_s, skipped, lambda mean, scale: decode_symbols(uq, mean, scale, clock=ctx.clock))
+        z_s = self._with_escapes(ctx, z_s, skipped,
+                                 lambda mean, scale: decode_symbols(uq, mean, scale, clock=ctx.clock))
         ctx.clock["rec"] = ctx.clock.get("rec", 0.0) + time.perf_counter() - t
         return z_s
 

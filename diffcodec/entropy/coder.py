@@ -26,6 +26,7 @@ from torch import Tensor
 import constriction
 
 from diffcodec.determinism import one_thread
+from diffcodec.entropy.shared import finish, new_encoder
 from diffcodec.entropy.tables import ESCAPE_BITS, WINDOW_SCALES, RateTable, rate_table, symbol_windows
 from diffcodec.errors import BadInputError, BitstreamError
 
@@ -90,9 +91,9 @@ def encode_symbols(
         >>> payload, bits = encode_symbols(k, m, s)
         >>> assert (decode_symbols(payload, m, s) == k).all()
     """
-    encoder = constriction.stream.queue.RangeEncoder()
+    encoder = new_encoder()
     bits = encode_symbols_into(encoder, symbols, mean, scale, lo, hi, clock)
-    return bytes([WINDOW_SCALES]) + encoder.get_compressed().astype("<u4").tobytes(), bits
+    return bytes([WINDOW_SCALES]) + finish(encoder), bits
 
 
 @one_thread()

@@ -16,6 +16,7 @@ import functools
 import constriction
 import numpy as np
 
+from diffcodec.entropy.shared import finish, new_encoder
 from diffcodec.errors import BadInputError, BitstreamError
 
 
@@ -57,9 +58,9 @@ def encode_indices(indices: np.ndarray, bits: np.ndarray, margin: int, alpha: in
     """Code chunk indices (c,) with budgets `bits` (c,) under the flat (alpha None) or power pmf; returns (payload,
     information content in bits under the float pmf; the coder's quantised tables and flush add < 64 bits plus
     ~1e-4 bits per index)."""
-    encoder = constriction.stream.queue.RangeEncoder()
+    encoder = new_encoder()
     info = encode_indices_into(encoder, indices, bits, margin, alpha)
-    return encoder.get_compressed().astype("<u4").tobytes(), info
+    return finish(encoder), info
 
 
 def encode_indices_into(encoder: constriction.stream.queue.RangeEncoder, indices: np.ndarray, bits: np.ndarray,

@@ -430,7 +430,8 @@ def _check_prefix(family_id: int, target_bits: int, margin: int, factor: int) ->
     family_id &= ~NARROW_DRAWS
     if family_id not in _FAMILY_NAMES or not 1 <= target_bits <= MAX_TARGET_BITS or margin > MAX_MARGIN \
             or not 0 < factor < 2**16:
-        raise BitstreamError("REC step payload has an invalid (family, target_bits, margin, factor) prefix: it is corrupt")
+        raise BitstreamError("REC step payload has an invalid (family, target_bits, margin, factor) prefix: it is "
+                             "corrupt")
     return _FAMILY_NAMES[family_id]
 
 
@@ -484,7 +485,8 @@ class PartWriter:
                 (self.head.family, self.head.target_bits, self.head.margin, self.head.draw_bits):
             raise ValueError("the parts of a REC step differ in family, target bits, margin or draws")
         self.head = self.head or head
-        bits = encode_signed(self.encoder, head.factor - self.factor) + encode_signed(self.encoder, head.alpha - self.alpha)
+        bits = encode_signed(self.encoder, head.factor - self.factor)
+        bits += encode_signed(self.encoder, head.alpha - self.alpha)
         self.factor, self.alpha = head.factor, head.alpha
         gaps = np.diff(sent.skipped, prepend=-1) - 1
         bits += sum(encode_count(self.encoder, int(n)) for n in [len(gaps), *gaps.tolist()])
