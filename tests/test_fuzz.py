@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import diffcodec
-from diffcodec.bitstream import read_stream
+from diffcodec.bitstream import CHUNK_FRAME_SIZE, CODER_REC_STREAM, read_stream
 from diffcodec.errors import BitstreamError
 
-from conftest import KODIM01, rgb_pixels
+from conftest import DATA, DEFAULT_WEIGHTS, KODIM01, rgb_pixels
 from fuzzing import KINDS, Mutation, outcome
 
 CROP = np.ascontiguousarray(rgb_pixels(KODIM01)[20:28, 30:40])  # 10 x 8 of a real photo: a small file
@@ -70,3 +70,24 @@ def test_every_flipped_bit_is_refused_or_reads_as_a_cut(small: tuple[bytes, list
                for bit in range(8 * len(data))}
     assert "ok" not in results
     assert results <= {"cut"} | {r for r in results if r.startswith("error: BitstreamError")}
+
+
+def test_crafted_damage_inside_a_rec_stream_chunk_fails_cleanly() -> None:
+    """Bytes changed inside the one range coder of a grouped REC step (a release file and the default model; CRCs
+    recomputed, so only the decoder can tell): every case decodes to the encoder's rungs or fails with a
+    DiffcodecError."""
+    data = (DATA / "releases" / "22b52cc.dcz").read_bytes()
+    stream = read_stream(data)
+    spans = [span for chunk, span in zip(stream.chunks, stream.spans) if chunk.coder == CODER_REC_STREAM]
+    assert spans
+    reference = [r.pixels for r in diffcodec.decode_rungs(data)]
+    rnd = np.random.default_rng(0)
+    results = []
+    for kind in ("flip", "set", "insert", "delete"):
+        for _ in range(6):
+            span = spans[int(rnd.integers(len(spans)))]
+            at = span.offset + CHUNK_FRAME_SIZE + int(rnd.integers(span.size - CHUNK_FRAME_SIZE))
+            damaged = Mutation(kind, at, bytes([int(rnd.integers(256))]), True).apply(data)
+            results.append(outcome(damaged, DEFAULT_WEIGHTS, reference, 2**28))
+    assert all(r in ("ok", "cut") or r.startswith("error: ") for r in results)
+    assert sum(r.startswith("error: BitstreamError") for r in results) > len(results) // 2

@@ -504,16 +504,16 @@ class PartReader:
     """Reads what a `PartWriter` wrote, part by part; `decoder` is where the caller reads a part's escaped elements
     (with the window rule `window_scales`)."""
 
-    WHAT = "the range-coded REC parts of a grouped step chunk"
+    WHAT = "the range coder of a grouped REC step chunk"
 
     def __init__(self, data: bytes) -> None:
         if len(data) < _STREAM_PREFIX.size:
-            raise BitstreamError(f"{self.WHAT} are cut inside their {_STREAM_PREFIX.size}-byte prefix")
+            raise BitstreamError(f"{self.WHAT} is cut inside its {_STREAM_PREFIX.size}-byte prefix")
         family_id, self.target_bits, self.margin, self.window_scales = _STREAM_PREFIX.unpack_from(data)
         self.family = _check_prefix(family_id, self.target_bits, self.margin, _FACTOR_UNITS)
         self.draw_bits = 16 if family_id & NARROW_DRAWS else 64
         if self.window_scales == 0:
-            raise BitstreamError(f"{self.WHAT} have window rule 0: it is corrupt")
+            raise BitstreamError(f"{self.WHAT} has window rule 0: it is corrupt")
         self.decoder = new_decoder(data[_STREAM_PREFIX.size :], self.WHAT)
         self.factor, self.alpha = _FACTOR_UNITS, ALPHA_CHOICES[0]
 
@@ -522,10 +522,10 @@ class PartReader:
         self.factor += decode_signed(self.decoder, self.WHAT)
         self.alpha += decode_signed(self.decoder, self.WHAT)
         if not 0 < self.factor < 2**16 or not 0 <= self.alpha < 256:
-            raise BitstreamError(f"{self.WHAT} hold an invalid factor or alpha: it is corrupt")
+            raise BitstreamError(f"{self.WHAT} holds an invalid factor or alpha: it is corrupt")
         count = decode_count(self.decoder, self.WHAT)
         if count > max(len(p.mu_p), 1):  # every chunk holds an element
-            raise BitstreamError(f"{self.WHAT} skip {count} chunks of a part of {len(p.mu_p)} elements: it is corrupt")
+            raise BitstreamError(f"{self.WHAT} skips {count} chunks of a part of {len(p.mu_p)} elements: it is corrupt")
         gaps = np.array([decode_count(self.decoder, self.WHAT) for _ in range(count)], np.int64)
         skipped = np.cumsum(gaps + 1) - 1
         head = RecHead(self.family, self.target_bits, self.margin, self.factor, self.alpha, self.draw_bits)
