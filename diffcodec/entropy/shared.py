@@ -55,14 +55,9 @@ def check_exhausted(decoder: RangeDecoder, what: str) -> None:
         raise BitstreamError(f"{what} does not end where its symbols do: it is truncated, padded or corrupt")
 
 
-def _low_bits(value: int, bits: int) -> list[tuple[int, int]]:
-    """(symbol, its width in bits) of the `bits` low bits of value, high half first, each at most _HALF bits wide."""
-    widths = [_HALF] * (bits // _HALF) + ([bits % _HALF] if bits % _HALF else [])
-    out, shift = [], bits
-    for w in widths:
-        shift -= w
-        out.append(((value >> shift) & ((1 << w) - 1), w))
-    return out
+def _widths(bits: int) -> list[int]:
+    """The widths of the uniform symbols that hold `bits` low bits of a number, high half first: at most _HALF each."""
+    return [_HALF] * (bits // _HALF) + ([bits % _HALF] if bits % _HALF else [])
 
 
 def encode_count(encoder: RangeEncoder, n: int) -> float:
@@ -71,8 +66,10 @@ def encode_count(encoder: RangeEncoder, n: int) -> float:
         raise ValueError(f"a count of {n} is out of range")
     length = (n + 1).bit_length()
     encoder.encode(length, _LENGTHS)
-    for symbol, width in _low_bits(n + 1, length - 1):
-        encoder.encode(symbol, constriction.stream.model.Uniform(1 << width))
+    shift = length - 1
+    for width in _widths(length - 1):
+        shift -= width
+        encoder.encode(((n + 1) >> shift) & ((1 << width) - 1), constriction.stream.model.Uniform(1 << width))
     return float(np.log2(MAX_COUNT_BITS + 1) + length - 1)
 
 
@@ -83,7 +80,7 @@ def decode_count(decoder: RangeDecoder, what: str) -> int:
         if not 1 <= length <= MAX_COUNT_BITS:
             raise BitstreamError(f"{what} has an invalid length {length}: it is corrupt")
         value = 1
-        for _, width in _low_bits(0, length - 1):
+        for width in _widths(length - 1):
             value = (value << width) | int(decoder.decode(constriction.stream.model.Uniform(1 << width)))
     except (RuntimeError, ValueError, AssertionError) as err:
         raise BitstreamError(f"{what} is corrupt: the range decoder failed ({err})") from err

@@ -33,6 +33,7 @@ skipped chunks coded as small numbers (entropy/shared.py) before its indices, an
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +47,7 @@ from diffcodec import rng
 from diffcodec.bitstream import pack_varints, read_varint
 from diffcodec.entropy import WINDOW_SCALES
 from diffcodec.entropy.index import (ALPHA_CHOICES, best_alpha, decode_indices, decode_indices_from, encode_indices,
-                                     encode_indices_into)
+                                     encode_indices_into, index_bits)
 from diffcodec.entropy.shared import (check_exhausted, decode_count, decode_signed, encode_count, encode_signed, finish,
                                       new_decoder, new_encoder)
 from diffcodec.errors import BadInputError, BitstreamError
@@ -103,9 +104,9 @@ class RecHead:
 
 @dataclass(frozen=True)
 class RecStep:
-    """What encoding one step by REC produced."""
+    """What encoding one step by REC produced: `payload` is its standalone chunk payload (coded only when asked for:
+    a step sent with other parts in one range coder goes through `PartWriter` instead)."""
 
-    payload: bytes
     head: RecHead
     indices: np.ndarray  # (c,) int64: the index j* of each chunk sent (ascending chunk id)
     budgets: np.ndarray  # (c,) int64: those chunks' budgets b_c
@@ -115,6 +116,11 @@ class RecStep:
     expected_bits: float  # the decoder-predicted KL of the step (sum of expected_bits, before the factor f)
     kl_bits: float  # KL(q || p) of the chunks sent by REC
     skipped: np.ndarray  # (k,) int64: the chunks left out (ascending), whose elements are NaN in z_s
+
+    @functools.cached_property
+    def payload(self) -> bytes:
+        """The prefix, then the index words (the `rec` or `rec-power` layout)."""
+        return self.head.prefix() + encode_indices(self.indices, self.budgets, self.head.margin, self.head.alpha)[0]
 
 
 def check_fraction(fraction: float) -> None:
@@ -372,12 +378,10 @@ def encode_step(family: str, seed: int, step: int, p: StepPrior, mu_q: Tensor, t
                  for c, n in counts.items()}
     indices = np.array([found[c][0] for c in sent.tolist()], np.int64)
     alpha = best_alpha(indices, bits[sent], margin) if power else None
-    words, info = encode_indices(indices, bits[sent], margin, alpha)
     z_s = _sample(family, p, starts, {c: row for c, (_, row) in found.items()})  # what the decoder's _regenerate draws
     head = RecHead(family, target_bits, margin, factor, alpha, draw_bits)
-    prefix = head.prefix()
-    return RecStep(prefix + words, head, indices, bits[sent], info + 8 * len(prefix), z_s, len(sent), expected,
-                   float(kl_c[sent].sum()), skipped)
+    info = index_bits(indices, bits[sent], margin, alpha) + 8 * len(head.prefix())
+    return RecStep(head, indices, bits[sent], info, z_s, len(sent), expected, float(kl_c[sent].sum()), skipped)
 
 
 def with_skips(payload: bytes, power: bool, skipped: np.ndarray, side: bytes) -> bytes:
