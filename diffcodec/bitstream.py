@@ -38,6 +38,7 @@ __all__ = [
     "CODER_REC_PACKED",
     "CODER_REC_POWER",
     "CODER_REC_STREAM",
+    "CODER_REC_STREAM_WIDE",
     "CODER_UQ",
     "CODER_UQ_GROUPED",
     "CODER_UQ_PACKED",
@@ -80,12 +81,14 @@ CODER_UQ_PACKED = 10
 CODER_REC_PACKED = 11
 CODER_REC_ESCAPE_PACKED = 12
 CODER_REC_STREAM = 13
+CODER_REC_STREAM_WIDE = 14
 CODERS: dict[int, str] = {CODER_UQ: "uq", CODER_REC: "rec", CODER_CONTEXT: "context",
                           CODER_CONTEXT_SCALED: "context-scaled", CODER_REC_POWER: "rec-power",
                           CODER_UQ_GROUPED: "uq-grouped", CODER_REC_GROUPED: "rec-grouped",
                           CODER_REC_ESCAPE: "rec-escape", CODER_REC_ESCAPE_GROUPED: "rec-escape-grouped",
                           CODER_UQ_PACKED: "uq-packed", CODER_REC_PACKED: "rec-packed",
-                          CODER_REC_ESCAPE_PACKED: "rec-escape-packed", CODER_REC_STREAM: "rec-stream"}
+                          CODER_REC_ESCAPE_PACKED: "rec-escape-packed", CODER_REC_STREAM: "rec-stream",
+                          CODER_REC_STREAM_WIDE: "rec-stream-wide"}
 """Chunk coder ids -> names. Ids are stable and never reused; new coders get new ids."""
 
 MODES: dict[str, int] = {"RGB": 1, "L": 2, "P": 3, "1": 4}

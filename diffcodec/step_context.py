@@ -14,9 +14,10 @@ Each of the 12 parts (group 0 R, G, B, group 1 R, G, B, ...) is then sent by the
 R and G. An untrained network (last layer zero, kappa 0) is exactly the plain prior.
 
 Chunk payload: the hash of the step context file, then the parts in order. What encoders write: for REC parts the
-`rec-stream` layout (a 4-byte hash, then the parts in one range coder: rec.coder.PartWriter), for UQ parts the packed
-layout `uq-packed` (the 8-byte hash, then per part a LEB128 length and the part's `uq` payload). Still read: the
-packed REC layouts `rec-packed` and `rec-escape-packed` (every REC part after the first without the two prefix bytes
+`rec-stream-wide` layout (a 4-byte hash, then the parts in one range coder: rec.coder.PartWriter), for UQ parts the
+packed layout `uq-packed` (the 8-byte hash, then per part a LEB128 length and the part's `uq` payload). Still read:
+`rec-stream` (as `rec-stream-wide` without the widening of the escaped elements' prior; steps.RecCoder), the packed REC
+layouts `rec-packed` and `rec-escape-packed` (every REC part after the first without the two prefix bytes
 all parts of a step share, target bits and margin) and the first layout (`uq-grouped`, `rec-grouped`,
 `rec-escape-grouped`: u32le lengths, whole parts).
 """
@@ -35,8 +36,8 @@ from torch import Tensor
 
 from . import rng
 from .bitstream import (CODER_REC_ESCAPE, CODER_REC_ESCAPE_GROUPED, CODER_REC_ESCAPE_PACKED, CODER_REC_GROUPED,
-                        CODER_REC_PACKED, CODER_REC_POWER, CODER_REC_STREAM, CODER_UQ, CODER_UQ_GROUPED,
-                        CODER_UQ_PACKED, pack_varints, read_varint)
+                        CODER_REC_PACKED, CODER_REC_POWER, CODER_REC_STREAM, CODER_REC_STREAM_WIDE, CODER_UQ,
+                        CODER_UQ_GROUPED, CODER_UQ_PACKED, pack_varints, read_varint)
 from .context import (GROUPS, channel_means, context_features, earlier_fit_name, group_mask, read_file,
                       write_file)
 from .determinism import one_thread
@@ -59,14 +60,17 @@ grouped step (about 45 bytes with REC parts in one range coder, their heads abou
 parts in the packed layout) would eat what the context saves (a fifth to a half of the step) on a smaller one.
 Chosen on 16 held-out photos (BD-PSNR against JPEG 2000 +0.003 / +0.146 / +0.212 / +0.202 / +0.202 dB at 4096 /
 2048 / 1024 / 384 / 0 bits); 4096 was the rule of the packed layout, whose REC framing was about 110 bytes a step."""
-WRITTEN = {CODER_UQ: CODER_UQ_PACKED, CODER_REC_POWER: CODER_REC_STREAM, CODER_REC_ESCAPE: CODER_REC_STREAM}
+STREAMS = (CODER_REC_STREAM, CODER_REC_STREAM_WIDE)
+"""Grouped chunks whose REC parts share one range coder: `rec-stream` (read only) and `rec-stream-wide`, whose parts
+also send how much wider the prior of their escaped elements is (steps.RecCoder)."""
+WRITTEN = {CODER_UQ: CODER_UQ_PACKED, CODER_REC_POWER: CODER_REC_STREAM_WIDE, CODER_REC_ESCAPE: CODER_REC_STREAM_WIDE}
 """Coder id of a step's parts -> coder id of the grouped chunk the encoder writes."""
 PACKED = {CODER_UQ: CODER_UQ_PACKED, CODER_REC_POWER: CODER_REC_PACKED, CODER_REC_ESCAPE: CODER_REC_ESCAPE_PACKED}
 """The same in the packed layout (LEB128 lengths, REC parts sharing their prefix bytes), which the decoder reads."""
 GROUPED = {CODER_UQ: CODER_UQ_GROUPED, CODER_REC_POWER: CODER_REC_GROUPED, CODER_REC_ESCAPE: CODER_REC_ESCAPE_GROUPED}
 """The same in the first layout (u32 lengths, whole parts), which the decoder still reads."""
 _PART_CODER = {grouped: part for layout in (PACKED, GROUPED) for part, grouped in layout.items()} | {
-    CODER_REC_STREAM: CODER_REC_ESCAPE}  # its parts may skip chunks
+    stream: CODER_REC_ESCAPE for stream in STREAMS}  # their parts may skip chunks
 _LENGTH = struct.Struct("<I")  # a part's length in the first layout
 _SHARED = slice(1, 3)  # the bytes of a REC part's prefix that every part of a step shares: target bits, margin
 
@@ -134,7 +138,7 @@ def _pack(parts: list[bytes]) -> bytes:
 
 def hash_size(coder_id: int) -> int:
     """Bytes of the step context hash at the start of a grouped chunk of this coder id."""
-    return STREAM_HASH_SIZE if coder_id == CODER_REC_STREAM else HASH_SIZE
+    return STREAM_HASH_SIZE if coder_id in STREAMS else HASH_SIZE
 
 
 class _PartReader:
@@ -175,8 +179,8 @@ class _PartReader:
 
 class GroupedCoder:
     """A step sent in PARTS parts under its step context network, each part by `inner` (UQ or REC). `send` writes
-    WRITTEN's layout (`rec-stream` for REC parts, `uq-packed` for UQ parts); `receive` reads the layout of the chunk
-    coder id `layout` (default: the one `send` writes)."""
+    WRITTEN's layout (`rec-stream-wide` for REC parts, `uq-packed` for UQ parts); `receive` reads the layout of the
+    chunk coder id `layout` (default: the one `send` writes)."""
 
     def __init__(self, inner: StepCoder, fit: StepNets, step: int, layout: int | None = None) -> None:
         if inner.coder_id not in GROUPED:
@@ -221,8 +225,8 @@ class GroupedCoder:
         return SentStep(start(None, lambda: coded), z_s, kl, self.coder_id)
 
     def _send_stream(self, inner: RecCoder, ctx: StepContext, x: Tensor) -> tuple[Coded, float, Tensor]:
-        """(the `rec-stream` payload, the KL in bits, z_s)."""
-        writer, bits, kl = PartWriter(), 0.0, 0.0
+        """(the `rec-stream-wide` payload, the KL in bits, z_s)."""
+        writer, bits, kl = PartWriter(wide=True), 0.0, 0.0
 
         def send_part(part: int, part_ctx: StepContext, mask: Tensor) -> Tensor:
             nonlocal bits, kl
@@ -256,8 +260,8 @@ class GroupedCoder:
 
     def receive(self, ctx: StepContext, payload: bytes) -> Tensor:
         """z_s from a grouped chunk (BitstreamError if it is cut or has bytes after its last part)."""
-        if self.layout == CODER_REC_STREAM:
-            reader = PartReader(payload[STREAM_HASH_SIZE:])
+        if self.layout in STREAMS:
+            reader = PartReader(payload[STREAM_HASH_SIZE:], wide=self.layout == CODER_REC_STREAM_WIDE)
             inner = self.inner
             if not isinstance(inner, RecCoder):
                 raise ValueError("a rec-stream chunk has REC parts")
@@ -272,7 +276,7 @@ class GroupedCoder:
 def grouped_parts(coder_id: int, payload: bytes) -> list[bytes]:
     """The PARTS payloads of a grouped step chunk (either layout), each as its part's coder wrote it (BitstreamError
     where the chunk is cut or malformed)."""
-    if coder_id == CODER_REC_STREAM:
+    if coder_id in STREAMS:
         raise ValueError("the parts of a rec-stream chunk share one range coder: only the model can tell them apart")
     reader = _PartReader(payload, coder_id in PACKED.values(), _PART_CODER[coder_id] != CODER_UQ)
     parts = [reader.next(part) for part in range(PARTS)]
@@ -323,6 +327,6 @@ def grouped_coders(coders: list[StepCoder], nets: StepNets | None) -> list[StepC
             for i, c in enumerate(coders)]
 
 
-__all__ = ["GROUPED", "MIN_STEP_BITS", "PACKED", "PARTS", "STEP_CONTEXT_FILE", "WRITTEN", "GroupedCoder", "StepNets",
-           "group_prior", "grouped_coders", "grouped_parts", "grouped_receiver", "hash_size", "load_step_nets",
+__all__ = ["GROUPED", "MIN_STEP_BITS", "PACKED", "PARTS", "STEP_CONTEXT_FILE", "STREAMS", "WRITTEN", "GroupedCoder",
+           "StepNets", "group_prior", "grouped_coders", "grouped_parts", "grouped_receiver", "hash_size", "load_step_nets",
            "part_coder", "refined_inputs", "save_step_nets"]

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import diffcodec
 from diffcodec import codec
 from diffcodec import step_context as sc
-from diffcodec.bitstream import CODER_REC_STREAM, CODER_UQ_PACKED, read_stream
+from diffcodec.bitstream import CODER_REC_STREAM_WIDE, CODER_UQ_PACKED, read_stream
 from diffcodec.cli import app
 from diffcodec.context import earlier_fit_name
 from diffcodec.codec import psnr
@@ -177,7 +177,7 @@ def test_step_context_on_the_post_filter_decodes_exactly(refined_steps_model: Pa
     assert loaded.step_nets is not None and loaded.refiners is not None
     assert loaded.step_nets.refine_hash == loaded.refiners.weights_hash  # the file names the post-filter it reads
     data = diffcodec.encode(pixels, model=refined_steps_model, seed=5, rec_steps=4)  # step 5 by UQ: both coders
-    assert [c.coder for c in read_stream(data).chunks[3:5]] == [CODER_REC_STREAM, CODER_UQ_PACKED]
+    assert [c.coder for c in read_stream(data).chunks[3:5]] == [CODER_REC_STREAM_WIDE, CODER_UQ_PACKED]
     assert np.array_equal(diffcodec.decode(data, model=refined_steps_model), pixels)  # every rung checked
     # the same networks reading the U-Net's x_hat send other bytes: the post-filter is part of the prior
     plain = copy_default(tmp_path / "plain")

@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 
 import diffcodec
 from diffcodec import step_context as sc
+from diffcodec import steps
 from diffcodec.rec.coder import PartWriter, RecStep
-from diffcodec.bitstream import (CODER_REC_ESCAPE, CODER_REC_ESCAPE_GROUPED, CODER_REC_ESCAPE_PACKED, CODER_REC_STREAM,
-                                 CODER_UQ, CODER_UQ_GROUPED, CODER_UQ_PACKED, Chunk, pack_varints, read_stream,
-                                 write_stream)
+from diffcodec.bitstream import (CODER_REC_ESCAPE, CODER_REC_ESCAPE_GROUPED, CODER_REC_ESCAPE_PACKED,
+                                 CODER_REC_STREAM_WIDE, CODER_UQ, CODER_UQ_GROUPED, CODER_UQ_PACKED, Chunk,
+                                 pack_varints, read_stream, write_stream)
 from diffcodec.cli import app
 from diffcodec.context import earlier_fit_name
 from diffcodec.errors import BadInputError, BitstreamError, ModelError
@@ -27,7 +28,7 @@ from diffcodec.zoo import load_model
 from conftest import KODIM01, KODIM15, copy_default, rgb_pixels
 
 STEPS = 5  # the default model's codec.json: all five steps by Gaussian REC, chunks out of reach by UQ (rec_escape)
-GROUPED_IDS = {None: [CODER_REC_STREAM] * 5, 4: [CODER_REC_STREAM] * 4 + [CODER_UQ_PACKED]}
+GROUPED_IDS = {None: [CODER_REC_STREAM_WIDE] * 5, 4: [CODER_REC_STREAM_WIDE] * 4 + [CODER_UQ_PACKED]}
 PLAIN_IDS = {None: [CODER_REC_ESCAPE] * 5, 4: [CODER_REC_ESCAPE] * 4 + [CODER_UQ]}  # by rec_steps
 
 
@@ -106,9 +107,9 @@ def skipped_chunks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     counts: list[int] = []
     write = PartWriter.write
 
-    def spy(self: PartWriter, sent: RecStep) -> float:
+    def spy(self: PartWriter, sent: RecStep, widening: int = 0) -> float:
         counts.append(len(sent.skipped))
-        return write(self, sent)
+        return write(self, sent, widening)
 
     monkeypatch.setattr(PartWriter, "write", spy)
     return counts
@@ -129,6 +130,45 @@ def test_grouped_steps_with_chunks_sent_by_uq_decode_exactly(grouped_model: Path
     assert len(skipped) == 3 * sc.PARTS and all(sum(skipped[i : i + sc.PARTS]) > 0 for i in (0, 12, 24))
     assert np.array_equal(diffcodec.decode_rungs(data, model=folder)[-1].pixels, pixels)
     assert data != diffcodec.encode(pixels, model=grouped_model, seed=3)
+
+
+def test_escaped_elements_under_a_widened_prior_cost_fewer_bits(grouped_model: Path, always_grouped: None,
+                                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks skipped where the prior is far too sure (here: 64 times too sure in the top rows, on both sides) go by UQ
+    under its scale widened per part: the file is smaller than with no widening (w = 0, still a valid rec-stream-wide
+    file), and both decode exactly."""
+    group_prior = sc.group_prior
+
+    def too_sure(*args: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, sigma, kappa = group_prior(*args)
+        sigma = sigma.clone()
+        sigma[..., :8, :] /= 64
+        return mu, sigma, kappa
+
+    monkeypatch.setattr(sc, "group_prior", too_sure)
+    folder = grouped_model
+    pixels = np.ascontiguousarray(rgb_pixels(KODIM15)[3:64, 5:52])
+    chosen: list[int] = []
+    best = steps.best_widening
+    monkeypatch.setattr(steps, "best_widening", lambda *escapes: chosen.append(best(*escapes)) or chosen[-1])
+    data = diffcodec.encode(pixels, model=folder, seed=3)
+    monkeypatch.setattr(steps, "best_widening", lambda *escapes: 0)
+    unwidened = diffcodec.encode(pixels, model=folder, seed=3)
+    assert max(chosen) > 0 and len(data) < len(unwidened)
+    for coded in (data, unwidened):
+        assert np.array_equal(diffcodec.decode_rungs(coded, model=folder)[-1].pixels, pixels)
+
+
+def test_the_widening_is_the_cheapest() -> None:
+    """w minimizes the escaped symbols' information content: none for symbols the prior expects, some for a spread
+    far wider than its scale."""
+    rnd = np.random.default_rng(0)
+    mean, scale = torch.zeros(4000), torch.full((4000,), 0.5)
+    expected = np.round(rnd.logistic(0.0, 0.5, 4000)).astype(np.int64)
+    assert steps.best_widening(expected, mean, scale) == 0
+    spread = np.round(rnd.logistic(0.0, 8.0, 4000)).astype(np.int64)
+    w = steps.best_widening(spread, mean, scale)
+    assert 0 < w < steps.MAX_WIDENING and abs(w - steps.WIDENINGS_PER_OCTAVE * 4) <= 2  # 8 = 0.5 x 2^4
 
 
 def test_a_one_row_image_with_empty_groups_decodes_exactly(grouped_model: Path, always_grouped: None) -> None:

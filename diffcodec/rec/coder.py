@@ -27,8 +27,10 @@ little-endian), coded under the flat pmf (the first layout, chunk coder `rec`) o
 alpha / 64 (entropy/index.py).
 
 Several parts of one chunk (the 12 parts of a grouped step, step_context.py) can share one range coder instead
-(`PartWriter`, `PartReader`; chunk coder `rec-stream`): one prefix for all, then per part its factor, alpha and
-skipped chunks coded as small numbers (entropy/shared.py) before its indices, and one flush at the end.
+(`PartWriter`, `PartReader`; chunk coders `rec-stream` and `rec-stream-wide`): one prefix for all, then per part its
+factor, alpha and skipped chunks coded as small numbers (entropy/shared.py) before its indices, and one flush at the
+end; in `rec-stream-wide` a part that skips chunks also sends how much wider the prior of their UQ symbols is
+(steps.RecCoder).
 """
 
 from __future__ import annotations
@@ -469,19 +471,22 @@ _STREAM_PREFIX = struct.Struct("<BBBB")  # family byte, target bits, margin, the
 class PartWriter:
     """The REC parts of one chunk in one range coder (entropy/shared.py): per part its factor and alpha as
     differences from the part before (the first from f = 1 and the smallest alpha choice), its skipped chunks (their
-    count, then the gap before each), its indices; the caller codes a part's escaped elements into `encoder` right
-    after them. `finish` gives the chunk's bytes: the prefix the parts share (family byte, target bits, margin,
-    window rule), then the words."""
+    count, then the gap before each), with `wide` (the `rec-stream-wide` layout) and skipped chunks the widening of
+    their prior, then its indices; the caller codes a part's escaped elements into `encoder` right after them.
+    `finish` gives the chunk's bytes: the prefix the parts share (family byte, target bits, margin, window rule), then
+    the words."""
 
     PREFIX_SIZE = _STREAM_PREFIX.size
 
-    def __init__(self) -> None:
+    def __init__(self, wide: bool = False) -> None:
+        self.wide = wide
         self.encoder = new_encoder()
         self.head: RecHead | None = None
         self.factor, self.alpha = _FACTOR_UNITS, ALPHA_CHOICES[0]
 
-    def write(self, sent: RecStep) -> float:
-        """Code one part's head, skipped chunks and indices; returns their information content in bits."""
+    def write(self, sent: RecStep, widening: int = 0) -> float:
+        """Code one part's head, skipped chunks (and, `wide`, the widening of their prior) and indices; returns their
+        information content in bits."""
         head = sent.head
         if head.alpha is None:
             raise ValueError("REC parts in one range coder use the power pmf")
@@ -494,6 +499,8 @@ class PartWriter:
         self.factor, self.alpha = head.factor, head.alpha
         gaps = np.diff(sent.skipped, prepend=-1) - 1
         bits += sum(encode_count(self.encoder, int(n)) for n in [len(gaps), *gaps.tolist()])
+        if self.wide and len(gaps):
+            bits += encode_count(self.encoder, widening)
         return bits + encode_indices_into(self.encoder, sent.indices, sent.budgets, head.margin, head.alpha)
 
     def finish(self) -> bytes:
@@ -505,12 +512,13 @@ class PartWriter:
 
 
 class PartReader:
-    """Reads what a `PartWriter` wrote, part by part; `decoder` is where the caller reads a part's escaped elements
-    (with the window rule `window_scales`)."""
+    """Reads what a `PartWriter` (of the same `wide`) wrote, part by part; `decoder` is where the caller reads a part's
+    escaped elements (with the window rule `window_scales`)."""
 
     WHAT = "the range coder of a grouped REC step chunk"
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, wide: bool = False) -> None:
+        self.wide = wide
         if len(data) < _STREAM_PREFIX.size:
             raise BitstreamError(f"{self.WHAT} is cut inside its {_STREAM_PREFIX.size}-byte prefix")
         family_id, self.target_bits, self.margin, self.window_scales = _STREAM_PREFIX.unpack_from(data)
@@ -521,8 +529,9 @@ class PartReader:
         self.decoder = new_decoder(data[_STREAM_PREFIX.size :], self.WHAT)
         self.factor, self.alpha = _FACTOR_UNITS, ALPHA_CHOICES[0]
 
-    def read(self, seed: int, step: int, p: StepPrior) -> tuple[Tensor, np.ndarray]:
-        """(z_s (n,) float64, NaN in the skipped chunks; those chunks' ids) of the next part."""
+    def read(self, seed: int, step: int, p: StepPrior) -> tuple[Tensor, np.ndarray, int]:
+        """(z_s (n,) float64, NaN in the skipped chunks; those chunks' ids; the widening of their prior, 0 where the
+        layout has none) of the next part."""
         self.factor += decode_signed(self.decoder, self.WHAT)
         self.alpha += decode_signed(self.decoder, self.WHAT)
         if not 0 < self.factor < 2**16 or not 0 <= self.alpha < 256:
@@ -532,10 +541,11 @@ class PartReader:
             raise BitstreamError(f"{self.WHAT} skips {count} chunks of a part of {len(p.mu_p)} elements: it is corrupt")
         gaps = np.array([decode_count(self.decoder, self.WHAT) for _ in range(count)], np.int64)
         skipped = np.cumsum(gaps + 1) - 1
+        widening = decode_count(self.decoder, self.WHAT) if self.wide and count else 0
         head = RecHead(self.family, self.target_bits, self.margin, self.factor, self.alpha, self.draw_bits)
         z_s = rebuild(head, seed, step, p, skipped,
                       lambda budgets: decode_indices_from(self.decoder, budgets, head.margin, head.alpha))
-        return z_s, skipped
+        return z_s, skipped, widening
 
     def finish(self) -> None:
         """BitstreamError unless the words end where the last part does."""
