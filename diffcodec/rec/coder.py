@@ -65,6 +65,7 @@ MAX_CHUNK_ELEMENTS = 4096
 MAX_FRACTION = 4.0
 MAX_SHARPEN = 8.0
 MAX_ESCAPE = 64.0
+MAX_WIDENING = 32  # a `rec-stream-wide` part's widening of its escapes' prior, in quarter octaves (steps.widened)
 FAMILY_IDS = {"uniform": 1, "gaussian": 2}
 """Posterior family -> the id in a REC payload's first byte (stable ids)."""
 _FAMILY_NAMES = {i: name for name, i in FAMILY_IDS.items()}
@@ -500,6 +501,8 @@ class PartWriter:
         gaps = np.diff(sent.skipped, prepend=-1) - 1
         bits += sum(encode_count(self.encoder, int(n)) for n in [len(gaps), *gaps.tolist()])
         if self.wide and len(gaps):
+            if not 0 <= widening <= MAX_WIDENING:
+                raise ValueError(f"a part widens its escapes' prior by 0 to {MAX_WIDENING} steps, not {widening}")
             bits += encode_count(self.encoder, widening)
         return bits + encode_indices_into(self.encoder, sent.indices, sent.budgets, head.margin, head.alpha)
 
@@ -542,6 +545,8 @@ class PartReader:
         gaps = np.array([decode_count(self.decoder, self.WHAT) for _ in range(count)], np.int64)
         skipped = np.cumsum(gaps + 1) - 1
         widening = decode_count(self.decoder, self.WHAT) if self.wide and count else 0
+        if widening > MAX_WIDENING:
+            raise BitstreamError(f"{self.WHAT} widens a prior by {widening} > {MAX_WIDENING} steps: it is corrupt")
         head = RecHead(self.family, self.target_bits, self.margin, self.factor, self.alpha, self.draw_bits)
         z_s = rebuild(head, seed, step, p, skipped,
                       lambda budgets: decode_indices_from(self.decoder, budgets, head.margin, head.alpha))
