@@ -30,6 +30,7 @@ __all__ = [
     "CHUNK_FRAME_SIZE",
     "CODER_CONTEXT",
     "CODER_CONTEXT_SCALED",
+    "CODER_FILTERED",
     "CODER_REC",
     "CODER_REC_ESCAPE",
     "CODER_REC_ESCAPE_GROUPED",
@@ -56,6 +57,8 @@ __all__ = [
     "read_stream",
     "read_varint",
     "rung_check",
+    "unwrap_filtered",
+    "wrap_filtered",
     "write_stream",
 ]
 
@@ -82,13 +85,14 @@ CODER_REC_PACKED = 11
 CODER_REC_ESCAPE_PACKED = 12
 CODER_REC_STREAM = 13
 CODER_REC_STREAM_WIDE = 14
+CODER_FILTERED = 15
 CODERS: dict[int, str] = {CODER_UQ: "uq", CODER_REC: "rec", CODER_CONTEXT: "context",
                           CODER_CONTEXT_SCALED: "context-scaled", CODER_REC_POWER: "rec-power",
                           CODER_UQ_GROUPED: "uq-grouped", CODER_REC_GROUPED: "rec-grouped",
                           CODER_REC_ESCAPE: "rec-escape", CODER_REC_ESCAPE_GROUPED: "rec-escape-grouped",
                           CODER_UQ_PACKED: "uq-packed", CODER_REC_PACKED: "rec-packed",
                           CODER_REC_ESCAPE_PACKED: "rec-escape-packed", CODER_REC_STREAM: "rec-stream",
-                          CODER_REC_STREAM_WIDE: "rec-stream-wide"}
+                          CODER_REC_STREAM_WIDE: "rec-stream-wide", CODER_FILTERED: "filtered"}
 """Chunk coder ids -> names. Ids are stable and never reused; new coders get new ids."""
 
 MODES: dict[str, int] = {"RGB": 1, "L": 2, "P": 3, "1": 4}
@@ -249,6 +253,30 @@ class Chunk:
         if len(self.payload) > _U32:
             raise BadInputError(f"chunk payload is {len(self.payload)} bytes; at most {_U32}")
         _check_u32("chunk check", self.check)
+
+
+def wrap_filtered(chunk: Chunk, rung_filter: bytes) -> Chunk:
+    """`chunk` with a rung filter's bytes beside its payload: a `filtered` chunk (u8 inner coder, the filter's length
+    as a varint, the filter, then the inner payload)."""
+    if chunk.coder == CODER_FILTERED:
+        raise BadInputError("a filtered chunk cannot be wrapped again")
+    return Chunk(CODER_FILTERED, bytes([chunk.coder]) + pack_varints([len(rung_filter)]) + rung_filter + chunk.payload,
+                 chunk.check)
+
+
+def unwrap_filtered(chunk: Chunk, what: str) -> tuple[Chunk, bytes | None]:
+    """(the chunk inside, the rung filter's bytes) of a `filtered` chunk; (chunk, None) for any other
+    (BitstreamError naming `what` where the wrapping is cut or holds an unknown or filtered coder)."""
+    if chunk.coder != CODER_FILTERED:
+        return chunk, None
+    data = chunk.payload
+    if not data or data[0] not in CODERS or data[0] == CODER_FILTERED:
+        inner = repr(data[0]) if data else "none"
+        raise BitstreamError(f"{what}: a filtered chunk holds coder {inner}, which it cannot: it is corrupt")
+    size, pos = read_varint(data, 1, f"{what}: the rung filter's length")
+    if pos + size > len(data):
+        raise BitstreamError(f"{what}: a rung filter of {size} bytes runs past its chunk: it is corrupt")
+    return Chunk(data[0], data[pos + size:], chunk.check), data[pos:pos + size]
 
 
 @dataclass(frozen=True)

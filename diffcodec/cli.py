@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import codec
-from .bitstream import CODERS, read_stream
+from .bitstream import CODERS, read_stream, unwrap_filtered
 from .errors import BadInputError, DiffcodecError
 from .image import to_pil
 from .train.command import train_command, train_context_command, train_refine_command, train_step_context_command
@@ -308,13 +308,14 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Show the header of STREAM and its rung table (bytes, cumulative bytes, bpp, and the coder of each chunk:
-    uq, rec-power, uq-grouped or rec-grouped for a step sent in groups under the step context, context-scaled for a
-    lossless chunk coded with the pixel context network)."""
+    uq, rec-power, uq-grouped or rec-grouped for a step sent in groups under the step context, "+ filter" where the
+    step carries its rung's filter, context-scaled for a lossless chunk coded with the pixel context network)."""
     parsed = read_stream(_read(stream))
     h = parsed.header
     rungs = [{"rung": r.rung, "bytes": r.bytes, "cum_bytes": r.cum_bytes, "bpp": r.bpp}
              for r in codec.rung_table(parsed)]
-    coders = [CODERS.get(c.coder, str(c.coder)) for c in parsed.chunks]
+    coders = [CODERS.get(inner.coder, str(inner.coder)) + (" + filter" if rung_filter is not None else "")
+              for inner, rung_filter in (unwrap_filtered(c, f"chunk {i}") for i, c in enumerate(parsed.chunks))]
     doc = {"model": h.model_name, "weights_hash": h.weights_hash.hex(), "height": h.height, "width": h.width,
            "mode": h.mode, "seed": h.seed, "steps": h.steps, "rungs_present": len(parsed.chunks),
            "rungs_total": h.steps + 1, "complete": parsed.complete, "trailing_bytes": parsed.trailing_bytes,

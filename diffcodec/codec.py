@@ -4,7 +4,9 @@ Encoder and decoder walk the same ladder (`_Ladder`): at step i both run the net
 the prior p(z_{t_{i+1}} | z_{t_i}); the step's coder (steps.py: universal quantization, DESIGN.md section 2, or
 shared-seed REC, chosen per step and recorded per chunk) sends q(z_s | z_t, x) and both sides set the same z_s.
 The last chunk codes the pixels under p(x | z_T): factorised, or in four checkerboard groups under the model's pixel
-context network (context.py) when it has one for T steps. Either way the last rung is exact.
+context network (context.py) when it has one for T steps. Either way the last rung is exact. Where the model's
+codec.json sets `filter_slope`, a step chunk may carry its rung's filter (rung_filter.py, a `filtered` chunk): the
+encoder fits it to the original, the decoder shows the rung through it.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from PIL import Image
 from . import rng
 from .determinism import one_thread
 from .tiling import SPLIT_SINCE, predict_tiled
-from .bitstream import (CODER_CONTEXT, CODER_CONTEXT_SCALED, CODER_UQ, CODERS, FORMAT_VERSION, Chunk, Header, Stream,
-                        read_stream, rung_check, write_stream)
+from .bitstream import (CHUNK_FRAME_SIZE, CODER_CONTEXT, CODER_CONTEXT_SCALED, CODER_UQ, CODERS, FORMAT_VERSION, Chunk,
+                        Header, Stream, read_stream, rung_check, unwrap_filtered, wrap_filtered, write_stream)
 from .refine import Refiners, refine
+from .rung_filter import FilterStats, RungFilter, apply_filter, filter_stats, fit_filter, pack_filter, unpack_filter
 from .context import (CONTEXT_FILE, GROUPS, HASH_SIZE, ChainEnd, PixelContext, decode_pixels, earlier_fit_name,
                       encode_pixels)
 from .entropy import decode_symbols
@@ -126,8 +129,60 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
     """x in [-1, 1] (1, 3, H, W) -> nearest pixels (H, W, 3) uint8."""
-    p = to_pixel_units(x).round().clamp(0, 255).to(torch.uint8)
-    return p[0].permute(1, 2, 0).cpu().numpy()
+    return _pixels_uint8(to_pixel_units(x))
+
+
+def _pixels_uint8(p: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) in pixel units -> nearest pixels (H, W, 3) uint8."""
+    return p.round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0).cpu().numpy()
+
+
+def _shown(x: torch.Tensor, rung_filter: RungFilter | None) -> np.ndarray:
+    """A rung's view x in [-1, 1] as pixels, through the file's filter of that rung when it has one."""
+    if rung_filter is None:
+        return _to_uint8(x)
+    return _pixels_uint8(apply_filter(rung_filter, to_pixel_units(x.cpu()).float()))
+
+
+@dataclass(frozen=True)
+class _View:
+    """The encoder's denoise view of a rung (x_hat' in [-1, 1]) and, where it may send a filter, its statistics."""
+
+    x: torch.Tensor
+    stats: FilterStats | None
+
+
+def _with_filters(header: Header, chunks: list[Chunk], views: list[_View], slope_db: float | None,
+                  original: np.ndarray) -> tuple[list[Chunk], list[float]]:
+    """The step chunks, each wrapped with its rung's filter where one pays for its bytes (rung_filter.fit_filter at
+    `slope_db`, on what the file costs up to that rung), and the PSNR of every lossy rung as the decoder shows it."""
+    cum_bytes = len(write_stream(header, []))
+    out, psnrs = [], [psnr(_shown(views[0].x, None), original)]
+    for chunk, view in zip(chunks, views[1:]):
+        cum_bytes += CHUNK_FRAME_SIZE + len(chunk.payload)
+        best = fit_filter(view.stats, 8 * cum_bytes, slope_db) if view.stats is not None and slope_db else None
+        rung_filter = best[0] if best is not None else None
+        if rung_filter is not None:
+            wrapped = wrap_filtered(chunk, pack_filter(rung_filter))
+            cum_bytes += len(wrapped.payload) - len(chunk.payload)
+            chunk = wrapped
+        out.append(chunk)
+        psnrs.append(psnr(_shown(view.x, rung_filter), original))
+    return out, psnrs
+
+
+def split_filters(chunks: list[Chunk], steps: int) -> tuple[list[Chunk], list[RungFilter | None]]:
+    """The chunks as their coders wrote them, and each step chunk's rung filter (None where it has none); a filter
+    beside the lossless chunk, or one that is not a filter, is refused (BitstreamError)."""
+    inner, filters = [], []
+    for i, chunk in enumerate(chunks):
+        what = f"chunk {i}"
+        chunk, data = unwrap_filtered(chunk, what)
+        if data is not None and i >= steps:
+            raise BitstreamError(f"{what}: the lossless chunk carries a rung filter, which it cannot: it is corrupt")
+        inner.append(chunk)
+        filters.append(None if data is None else unpack_filter(data, what))
+    return inner, filters
 
 
 class _Ladder:
@@ -196,20 +251,21 @@ class _Ladder:
             self.timer.network += time.perf_counter() - t
         return self._refined[key]
 
-    def shown_later(self) -> Callable[[], np.ndarray]:
-        """The denoise image of the current step, as a function that may run later on another thread: a pass of the
-        post-filter not already made at this step (by a step context reading the same network) runs there."""
+    def shown_later(self) -> Callable[[], torch.Tensor]:
+        """The denoise view of the current step (x_hat' in [-1, 1]), as a function that may run later on another
+        thread: a pass of the post-filter not already made at this step (by a step context reading the same network)
+        runs there."""
         refiners = self.loaded.refiners
         net = refiners.nets.get(self.i) if refiners is not None else None
         if net is None or refiners.net_hashes[self.i] in self._refined:
-            shown = self.reconstruct("denoise")
+            shown = self._denoised_view(())
             return lambda: shown
         inputs = (self.denoised().clamp(-1, 1), self.z, self.s_hat)  # advance() rebinds these, never writes them
         split = self.split
 
-        def show() -> np.ndarray:
+        def show() -> torch.Tensor:
             with torch.no_grad():
-                return _to_uint8(refine(net, *inputs, split))
+                return refine(net, *inputs, split)
 
         return show
 
@@ -270,16 +326,15 @@ class _Ladder:
         self.timer.network += time.perf_counter() - t
         return x_hat.flip(dims)
 
-    def reconstruct(self, recon: str) -> np.ndarray:
+    def reconstruct(self, recon: str, rung_filter: RungFilter | None = None) -> np.ndarray:
         """The image shown at the current step: denoise (x_hat, refined by the model's post-filter for this rung
         when it has one), ensemble (denoise averaged over the FLIPS of z), unrefined (x_hat), flow (DDIM to t = 0)
-        or ancestral sampling."""
+        or ancestral sampling; denoise and ensemble through the file's `rung_filter` of this rung, if any."""
         if recon == "ensemble":  # x_ens = mean_f f^-1(x_hat'(f z))
-            return _to_uint8(sum(self._denoised_view(dims) for dims in FLIPS) / len(FLIPS))
-        refined = self.refined(self.loaded.refiners) if recon == "denoise" else None
-        if refined is not None:
-            return _to_uint8(refined)
-        if recon in ("denoise", "unrefined") or self.i == self.T:
+            return _shown(sum(self._denoised_view(dims) for dims in FLIPS) / len(FLIPS), rung_filter)
+        if recon == "denoise":
+            return _shown(self._denoised_view(()), rung_filter)
+        if recon == "unrefined" or self.i == self.T:
             return self.unrefined()
         z, eps_hat, s_hat = self.z, self.eps_hat, self.s_hat
         with torch.no_grad():
@@ -352,10 +407,18 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
         x = to_unit(pixels)
         header = replace(header, check=rung_check(ladder.unrefined().tobytes()))
         coded, coder_ids, checks, kls, shown = [], [], [], [], []
+        slope_db = loaded.coding.filter_slope
+        original = pixels.float()
 
-        def measure() -> None:  # the PSNR of the rung shown, on `shower`: a post-filter pass the step context did not
-            show = ladder.shown_later()  # make runs there, on the core the chain's network calls leave idle
-            shown.append(shower.submit(lambda: psnr(show(), src.pixels)))
+        def measure() -> None:  # the rung shown and its filter statistics, on `shower`: a post-filter pass the step
+            show = ladder.shown_later()  # context did not make runs there, on the core the chain's calls leave idle
+            filtered = slope_db is not None and ladder.i > 0
+
+            def view() -> _View:
+                x_shown = show()
+                return _View(x_shown, filter_stats(to_pixel_units(x_shown.cpu()), original.cpu()) if filtered else None)
+
+            shown.append(shower.submit(view))
 
         for step_coder in coders:
             prior = ladder.step_context(step_coder)  # first: its post-filter pass may be the one shown
@@ -386,13 +449,16 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
         nelbo += pixel_nelbo
         nelbo += float(top_bits(x, ladder.gammas[0]).double().sum())  # not sent: z_1 comes from the seed
         checks.append(rung_check(src.pixels.tobytes()))
-        psnrs = [f.result() for f in shown] + [math.inf]
+        views = [f.result() for f in shown]
         done = [c.result() for c in coded]  # waits for the worker; raises what it raised
     for clock in [c.clock for c in done] + [discarded]:
         for phase, seconds in clock.items():
             timer.clock[phase] += seconds
     coder_ids.append(CODER_UQ if pixel_context is None else CODER_CONTEXT_SCALED)
-    data = write_stream(header, [Chunk(i, c.payload, check) for i, c, check in zip(coder_ids, done, checks)])
+    chunks = [Chunk(i, c.payload, check) for i, c, check in zip(coder_ids, done, checks)]
+    steps_sent, psnrs = _with_filters(header, chunks[:T], views, slope_db, src.pixels)
+    data = write_stream(header, steps_sent + chunks[T:])
+    psnrs.append(math.inf)
     bits = [c.bits for c in done]
     kls = [None, *kls, None]
     rungs = [
@@ -450,9 +516,10 @@ def _stream_model(header: Header, model: str | Path | None, device: str) -> Load
 
 
 def open_stream(data: bytes, model: str | Path | None = None, device: str = "cpu", *,
-                max_pixels: int = MAX_PIXELS) -> tuple[Stream, LoadedModel]:
+                max_pixels: int = MAX_PIXELS) -> tuple[Stream, LoadedModel, list[RungFilter | None]]:
     """Parse a file and load the model it was coded with (checked by weights hash); refuse a header of more
-    than `max_pixels` pixels before anything is allocated."""
+    than `max_pixels` pixels before anything is allocated. The stream's chunks come as their coders wrote them,
+    with each rung's filter beside them (`split_filters`)."""
     stream = read_stream(data)
     h, w = stream.header.height, stream.header.width
     if h * w > max_pixels:
@@ -471,12 +538,14 @@ def open_stream(data: bytes, model: str | Path | None = None, device: str = "cpu
             f"corrupt header: it claims {stream.header.steps} steps, but its model {stream.header.model_name!r} "
             f"has {loaded.model.steps}"
         )
+    chunks, filters = split_filters(stream.chunks, stream.header.steps)
+    stream = replace(stream, chunks=chunks)
     for i, chunk in enumerate(stream.chunks):
         if i < stream.header.steps:
             receiver(part_coder(chunk.coder), i)  # raises for a coder that cannot send a step
         elif chunk.coder not in (CODER_UQ, *CONTEXT_CODERS):
             raise BitstreamError(f"chunk {i}: coder {CODERS.get(chunk.coder, chunk.coder)!r} cannot send the lossless chunk")
-    return stream, loaded
+    return stream, loaded, filters
 
 
 def _check_context(loaded: LoadedModel, payload: bytes, steps: int) -> PixelContext:
@@ -511,7 +580,7 @@ def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, mod
     collects the seconds of network, tables and coder."""
     if recon not in RECONS:
         raise BadInputError(f"unknown reconstruction {recon!r}: choose one of {', '.join(RECONS)}")
-    stream, loaded = open_stream(data, model, device, max_pixels=max_pixels)
+    stream, loaded, filters = open_stream(data, model, device, max_pixels=max_pixels)
     table = rung_table(stream)
     last = len(stream.chunks) if upto is None else upto
     if not 0 <= last <= len(stream.chunks):
@@ -535,7 +604,7 @@ def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, mod
         _verify(k, ladder.unrefined(), checks[k])
         if only_last and k != last:
             return None
-        return ladder.reconstruct(recon)
+        return ladder.reconstruct(recon, filters[k - 1] if 0 < k <= len(filters) else None)
 
     def rung(k: int, pixels: np.ndarray) -> Rung:
         r = table[k]

@@ -291,8 +291,10 @@ class Coding:
     T // 2, then UQ); REC sends the `posterior` family in chunks of about `rec_bits` bits with 2^(bits + `rec_margin`)
     candidates each (one margin for every REC step, or a list: step i takes entry min(i, len - 1)), planned for
     `rec_fraction` of the step's KL and picked with sharpening `rec_sharpen` (rec.encode_step), the chunks out of
-    reach at `rec_escape` (rec.coder.out_of_reach) sent by UQ where it is not None (RecCoder). A model's codec.json
-    may hold these as its defaults; a file records its choice per chunk."""
+    reach at `rec_escape` (rec.coder.out_of_reach) sent by UQ where it is not None (RecCoder). Where `filter_slope`
+    is not None the encoder sends a lossy rung's filter when its PSNR gain pays for its bytes at that many dB per
+    doubling of the rate (rung_filter.fit_filter). A model's codec.json may hold these as its defaults; a file records
+    its choice per chunk."""
 
     coder: str = "uq"
     rec_steps: int | None = None
@@ -302,19 +304,23 @@ class Coding:
     rec_fraction: float = 1.0
     rec_sharpen: float = 1.0
     rec_escape: float | None = None
+    filter_slope: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.rec_margin, list):  # as codec.json gives it
             object.__setattr__(self, "rec_margin", tuple(self.rec_margin))
+        if self.filter_slope is not None and not (isinstance(self.filter_slope, (int, float))
+                                                  and not isinstance(self.filter_slope, bool) and self.filter_slope > 0):
+            raise BadInputError(f"filter_slope must be a number of dB above 0 (or absent), got {self.filter_slope!r}")
 
     def override(self, coder: str | None = None, rec_steps: int | None = None, posterior: str | None = None,
                  rec_bits: int | None = None) -> "Coding":
         """This coding with the caller's choices. A caller who names the coder gets the built-in rec_steps and
-        posterior unless named too; rec_bits, rec_margin, rec_fraction, rec_sharpen and rec_escape stay this coding's
-        unless named."""
+        posterior unless named too; rec_bits, rec_margin, rec_fraction, rec_sharpen, rec_escape and filter_slope stay
+        this coding's unless named."""
         base = self if coder is None else replace(Coding(coder), rec_bits=self.rec_bits, rec_margin=self.rec_margin,
                                                   rec_fraction=self.rec_fraction, rec_sharpen=self.rec_sharpen,
-                                                  rec_escape=self.rec_escape)
+                                                  rec_escape=self.rec_escape, filter_slope=self.filter_slope)
         return replace(base, rec_steps=base.rec_steps if rec_steps is None else rec_steps,
                        posterior=base.posterior if posterior is None else posterior,
                        rec_bits=base.rec_bits if rec_bits is None else rec_bits)

@@ -6,6 +6,7 @@ path of the codec and the CLI in milliseconds; the trained model is only needed 
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -49,11 +50,23 @@ def rgb_pixels(path: Path) -> np.ndarray:
 
 
 def copy_default(folder: Path) -> Path:
-    """A new model folder holding the default model's weights and codec.json only (no context networks)."""
+    """A new model folder holding the default model's weights and codec.json only (no context networks), its
+    encoder sending no rung filters (no `filter_slope`): the chunks these tests take apart and compare stay the
+    step coders' own (test_rung_filter.py covers the `filtered` wrapping)."""
     folder.mkdir()
-    for f in ("model.pt", "codec.json"):
-        shutil.copy(DEFAULT_WEIGHTS.parent / f, folder / f)
+    shutil.copy(DEFAULT_WEIGHTS, folder / "model.pt")
+    entries = json.loads((DEFAULT_WEIGHTS.parent / "codec.json").read_text())
+    entries.pop("filter_slope", None)
+    (folder / "codec.json").write_text(json.dumps(entries))
     return folder
+
+
+def model_with_codec_file(model: Path, folder: Path, entries: dict) -> Path:
+    """A copy of a model file in a new folder, with a codec.json of `entries` beside it: its path."""
+    folder.mkdir()
+    shutil.copy(model, folder / "model.pt")
+    (folder / "codec.json").write_text(json.dumps(entries))
+    return folder / "model.pt"
 
 
 @pytest.fixture(scope="session")

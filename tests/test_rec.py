@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ import torch
 from PIL import Image
 
 import diffcodec
-from conftest import KODIM20, TINY_STEPS, rgb_pixels
+from conftest import KODIM20, TINY_STEPS, model_with_codec_file, rgb_pixels
 from test_cli import cli, ok, strict_json
 from diffcodec import codec, steps
 from diffcodec.bitstream import CODER_REC, CODER_REC_ESCAPE, CODER_REC_POWER, CODER_UQ, read_stream
@@ -458,13 +456,6 @@ def test_a_named_coder_starts_from_the_built_in_choices() -> None:
     assert default.override(rec_steps=2) == Coding("hybrid", 2, "gaussian", 6, 3, 0.5, 2.0)
     assert default.override("rec") == Coding("rec", None, "uniform", 6, 3, 0.5, 2.0)  # the budget stays the model's
     assert default.override("uq", rec_bits=8) == Coding("uq", None, "uniform", 8, 3, 0.5, 2.0)
-
-
-def model_with_codec_file(tiny_model: Path, folder: Path, entries: dict) -> Path:
-    folder.mkdir()
-    shutil.copy(tiny_model, folder / "model.pt")
-    (folder / CODEC_FILE).write_text(json.dumps(entries))
-    return folder / "model.pt"
 
 
 def test_codec_json_chooses_the_default_coder(tiny_model: Path, tmp_path: Path) -> None:

@@ -98,5 +98,27 @@ def decode_signed(decoder: RangeDecoder, what: str) -> int:
     return n // 2 if n % 2 == 0 else -(n + 1) // 2
 
 
-__all__ = ["RangeDecoder", "RangeEncoder", "check_exhausted", "decode_count", "decode_signed", "encode_count",
-           "encode_signed", "finish", "new_decoder", "new_encoder"]
+def _laplace(bound: int) -> constriction.stream.model.QuantizedLaplace:
+    return constriction.stream.model.QuantizedLaplace(-bound, bound)
+
+
+def encode_laplace(encoder: RangeEncoder, values: np.ndarray, scale: float, bound: int) -> None:
+    """Code integers in [-bound, bound] under a Laplace of mean 0 and `scale`, discretised to the integers."""
+    if np.abs(values).max(initial=0) > bound:
+        raise ValueError(f"a value beyond +-{bound} cannot be coded")
+    n = len(values)
+    encoder.encode(values.astype(np.int32), _laplace(bound), np.zeros(n), np.full(n, scale))
+
+
+def decode_laplace(decoder: RangeDecoder, count: int, scale: float, bound: int, what: str) -> np.ndarray:
+    """`count` integers `encode_laplace` wrote (int64), checked to end where the words do."""
+    try:
+        values = decoder.decode(_laplace(bound), np.zeros(count), np.full(count, scale)).astype(np.int64)
+    except (RuntimeError, ValueError, AssertionError) as err:
+        raise BitstreamError(f"{what} is corrupt: the range decoder failed ({err})") from err
+    check_exhausted(decoder, what)
+    return values
+
+
+__all__ = ["RangeDecoder", "RangeEncoder", "check_exhausted", "decode_count", "decode_laplace", "decode_signed",
+           "encode_count", "encode_laplace", "encode_signed", "finish", "new_decoder", "new_encoder"]
