@@ -163,7 +163,7 @@ def _with_filters(header: Header, chunks: list[Chunk], views: list[_View], slope
         best = fit_filter(view.stats, 8 * cum_bytes, slope_db) if view.stats is not None and slope_db else None
         rung_filter = best[0] if best is not None else None
         if rung_filter is not None:
-            wrapped = wrap_filtered(chunk, pack_filter(rung_filter))
+            wrapped = wrap_filtered(replace(chunk, check=rung_filter.checked(chunk.check)), pack_filter(rung_filter))
             cum_bytes += len(wrapped.payload) - len(chunk.payload)
             chunk = wrapped
         out.append(chunk)
@@ -480,9 +480,10 @@ def encode(image: str | Path | Image.Image | np.ndarray, model: str | Path = DEF
                          overlap=overlap, context=context).data
 
 
-def _verify(k: int, pixels: np.ndarray, expected: int) -> None:
-    """Refuse rung k if its pixels differ from what the encoder saw there (its stored rung_check)."""
-    if rung_check(pixels.tobytes()) != expected:
+def _verify(k: int, pixels: np.ndarray, expected: int, rung_filter: RungFilter | None = None) -> None:
+    """Refuse rung k if its pixels (or its filter) differ from what the encoder saw there (its stored rung_check)."""
+    check = rung_check(pixels.tobytes())
+    if (check if rung_filter is None else rung_filter.checked(check)) != expected:
         verified = f"; rungs 0 to {k - 1} decoded correctly" if k else ""
         raise BitstreamError(
             f"rung {k} fails its reconstruction check: this decoder computes different pixels than the encoder "
@@ -601,10 +602,10 @@ def iter_rungs(data: bytes, recon: str = "denoise", upto: int | None = None, mod
 
     def shown(k: int) -> np.ndarray | None:
         """Verify rung k's unrefined x_hat; return the asked-for reconstruction if rung k is yielded."""
-        _verify(k, ladder.unrefined(), checks[k])
+        _verify(k, ladder.unrefined(), checks[k], filters[k - 1] if k else None)
         if only_last and k != last:
             return None
-        return ladder.reconstruct(recon, filters[k - 1] if 0 < k <= len(filters) else None)
+        return ladder.reconstruct(recon, filters[k - 1] if k else None)
 
     def rung(k: int, pixels: np.ndarray) -> Rung:
         r = table[k]

@@ -9,14 +9,15 @@ channels of the rung's shown image y (pixel units) and sends its quantised coeff
 
 g running over the pairs {o, -o} of a shape's offsets (the centre alone). Coefficients are integers n times
 q = 2^-p, coded under a Laplace of the encoder's scale. The encoder sends a filter only where its PSNR gain pays for
-its bits at the codec's own rate-distortion slope (`worth_sending`). Display only: rung checks are made on the
-unrefined x_hat, so the decoded chain never depends on a filter.
+its bits at the codec's own rate-distortion slope (`fit_filter`). Display only: the decoded chain never depends on a
+filter, and the rung's check, made on the unrefined x_hat, is carried on over the filter (`RungFilter.checked`).
 """
 
 from __future__ import annotations
 
 import math
 import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +70,13 @@ class RungFilter:
     def weights(self) -> np.ndarray:
         """The coefficients c = n q as float64."""
         return self.coefficients * 2.0 ** -self.precision
+
+    def checked(self, check: int) -> int:
+        """The check of a filtered rung: the rung's check (CRC-32 of its unrefined pixels) carried on over shape, p
+        and the coefficients (int32 little-endian), so that a filter changed with the chunk's CRC recomputed fails
+        the rung's check as a changed step does."""
+        head = zlib.crc32(bytes([self.shape, self.precision]), check)
+        return zlib.crc32(self.coefficients.astype("<i4").tobytes(), head)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@ rungs the decoder shows as the encoder measured them."""
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from diffcodec.bitstream import (CODER_FILTERED, CODER_REC_POWER, CODER_UQ, Chun
 from diffcodec.errors import BadInputError, BitstreamError, ModelError
 from diffcodec.rung_filter import SHAPES, RungFilter, apply_filter, filter_stats, fit_filter, pack_filter, unpack_filter
 
-from conftest import KODIM01, KODIM20, SAMPLE, TINY_STEPS, model_with_codec_file, rgb_pixels
+from conftest import DEFAULT_WEIGHTS, KODIM01, KODIM20, SAMPLE, TINY_STEPS, model_with_codec_file, rgb_pixels
 from test_cli import cli, ok, strict_json
 
 
@@ -114,7 +116,8 @@ def test_a_filtered_file_shows_its_rungs_as_the_encoder_measured_them(filtered_f
     pixels = rgb_pixels(KODIM01)
     chunks, plain_chunks = read_stream(data).chunks, read_stream(plain).chunks
     assert [c.coder for c in chunks[:TINY_STEPS]] == [CODER_FILTERED] * TINY_STEPS
-    assert [unwrap_filtered(c, "")[0] for c in chunks] == plain_chunks
+    inner = [unwrap_filtered(c, "")[0] for c in chunks]
+    assert [(c.coder, c.payload) for c in inner] == [(c.coder, c.payload) for c in plain_chunks]
     rungs = diffcodec.decode_rungs(data, model=tiny_model)
     plain_rungs = diffcodec.decode_rungs(plain, model=tiny_model)
     for k in range(1, TINY_STEPS + 1):
@@ -150,19 +153,40 @@ def test_info_names_the_steps_that_carry_a_filter(filtered_files, tmp_path: Path
         assert doc["coders"][:TINY_STEPS] == [f"rec-power{suffix}"] * TINY_STEPS
 
 
-def test_the_default_model_sends_filters_where_they_pay_and_shows_what_it_reported() -> None:
+def test_the_default_model_sends_filters_where_they_pay_and_shows_what_it_reported(tmp_path: Path) -> None:
     """On a 256 x 256 photo the default model's encoder wraps some step chunks with their rung's filter (not all: at
     the lowest rungs they cost more than they gain); each rung decodes to the PSNR the encoder reported, and the
-    filtered rungs show more than the same rungs without their filters."""
+    filtered rungs show more than the same rungs of the file its encoder writes without filters."""
     pixels = rgb_pixels(SAMPLE)
     report = diffcodec.encode_report(pixels, seed=0)
     stream = read_stream(report.data)
     wrapped = [c.coder == CODER_FILTERED for c in stream.chunks[:-1]]
     assert any(wrapped) and not all(wrapped)
-    bare = write_stream(stream.header, codec.split_filters(stream.chunks, stream.header.steps)[0])
+    unfiltered = tmp_path / "default"
+    shutil.copytree(DEFAULT_WEIGHTS.parent, unfiltered)
+    entries = json.loads((unfiltered / "codec.json").read_text())
+    (unfiltered / "codec.json").write_text(json.dumps({k: v for k, v in entries.items() if k != "filter_slope"}))
+    bare = diffcodec.encode(pixels, model=unfiltered, seed=0)
+    assert [c.payload for c in codec.split_filters(stream.chunks, stream.header.steps)[0]] == [
+        c.payload for c in read_stream(bare).chunks]
     for k, (rung, plain) in enumerate(zip(diffcodec.decode_rungs(report.data)[1:-1], diffcodec.decode_rungs(bare)[1:-1])):
         assert diffcodec.psnr(rung.pixels, pixels) == pytest.approx(report.rungs[k + 1].psnr, abs=1e-9)
         if wrapped[k]:
             assert diffcodec.psnr(rung.pixels, pixels) > diffcodec.psnr(plain.pixels, pixels)
         else:
             assert np.array_equal(rung.pixels, plain.pixels)
+
+
+def test_a_changed_filter_fails_its_rungs_check(filtered_files, tiny_model: Path) -> None:
+    """A filter rewritten (the chunk's CRC recomputed, as a hostile writer would) fails the rung's check: the rung
+    before it still decodes."""
+    data, _, _ = filtered_files
+    stream = read_stream(data)
+    inner, raw = unwrap_filtered(stream.chunks[1], "")
+    f = unpack_filter(raw, "")
+    other = RungFilter(f.shape, f.precision, f.coefficients + 1)
+    changed = wrap_filtered(inner, pack_filter(other))  # inner keeps the check the encoder carried over f
+    tampered = write_stream(stream.header, [stream.chunks[0], changed, *stream.chunks[2:]])
+    assert diffcodec.decode(tampered, rung=1, model=tiny_model).shape == rgb_pixels(KODIM01).shape
+    with pytest.raises(BitstreamError, match="rung 2 fails its reconstruction check"):
+        diffcodec.decode(tampered, rung=2, model=tiny_model)
