@@ -6,7 +6,9 @@ that commit (0feee64: pixel context for 6 steps; a1c4899 and acf4339: 5 steps, p
 first step context; 4d12d17: the step context on the post-filter; 189cc2c: REC steps with chunks sent by UQ; f875e4d: the step context
 trained further; dc92596: steps 4-5 of the step context deepened; 0e6cf9b: steps 3-5 of it deepened and trained
 further; 27e5f68: steps 4-5 of it refitted on the post-filter shown, grouped steps in the packed layout; 22b52cc:
-grouped REC steps in one range coder, `rec-stream`; 36dc43d: `rec-stream-wide`; f4b917e: margin 3 at every step)."""
+grouped REC steps in one range coder, `rec-stream`; 36dc43d: `rec-stream-wide`; f4b917e: margin 3 at every step;
+ded25f7: rung filters, every step chunk `filtered`: that one encoded with the model's codec.json at `filter_slope`
+0.05, so that a 64 x 64 crop carries them)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from diffcodec.zoo import load_model
 from conftest import DATA, DEFAULT_WEIGHTS, KODIM01, rgb_pixels
 
 RELEASES = ("0feee64", "a1c4899", "acf4339", "1d0a700", "4d12d17", "189cc2c", "f875e4d", "dc92596", "0e6cf9b", "27e5f68",
-            "22b52cc", "36dc43d", "f4b917e")
+            "22b52cc", "36dc43d", "f4b917e", "ded25f7")
 
 
 @pytest.mark.parametrize("release", RELEASES)
