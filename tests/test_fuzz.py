@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import diffcodec
-from diffcodec.bitstream import CHUNK_FRAME_SIZE, CODER_REC_STREAM, CODER_REC_STREAM_WIDE, read_stream
+from diffcodec.bitstream import CHUNK_FRAME_SIZE, CODER_FILTERED, CODER_REC_STREAM, CODER_REC_STREAM_WIDE, read_stream
 from diffcodec.errors import BitstreamError
 
 from conftest import DATA, DEFAULT_WEIGHTS, KODIM01, rgb_pixels
@@ -72,11 +72,12 @@ def test_every_flipped_bit_is_refused_or_reads_as_a_cut(small: tuple[bytes, list
     assert results <= {"cut"} | {r for r in results if r.startswith("error: BitstreamError")}
 
 
-@pytest.mark.parametrize("release, coder", [("22b52cc", CODER_REC_STREAM), ("36dc43d", CODER_REC_STREAM_WIDE)])
+@pytest.mark.parametrize("release, coder", [("22b52cc", CODER_REC_STREAM), ("36dc43d", CODER_REC_STREAM_WIDE),
+                                            ("ded25f7", CODER_FILTERED)])
 def test_crafted_damage_inside_a_rec_stream_chunk_fails_cleanly(release: str, coder: int) -> None:
-    """Bytes changed inside the one range coder of a grouped REC step (a release file and the default model; CRCs
-    recomputed, so only the decoder can tell): every case decodes to the encoder's rungs or fails with a
-    DiffcodecError."""
+    """Bytes changed inside the one range coder of a grouped REC step, or inside a filtered chunk (its filter or its
+    step), in a release file and the default model (CRCs recomputed, so only the decoder can tell): every case decodes
+    to the encoder's rungs or fails with a DiffcodecError."""
     data = (DATA / "releases" / f"{release}.dcz").read_bytes()
     stream = read_stream(data)
     spans = [span for chunk, span in zip(stream.chunks, stream.spans) if chunk.coder == coder]
