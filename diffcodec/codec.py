@@ -155,16 +155,16 @@ class _View:
 def _with_filters(header: Header, chunks: list[Chunk], views: list[_View], slope_db: float | None,
                   original: np.ndarray) -> tuple[list[Chunk], list[float]]:
     """The step chunks, each wrapped with its rung's filter where one pays for its bytes (rung_filter.fit_filter at
-    `slope_db`, on what the file costs up to that rung), and the PSNR of every lossy rung as the decoder shows it."""
-    cum_bytes = len(write_stream(header, []))
+    `slope_db`, on what the file costs up to that rung and each later one), and the PSNR of every lossy rung as the
+    decoder shows it."""
+    cum_bytes = np.cumsum([len(write_stream(header, []))] + [CHUNK_FRAME_SIZE + len(c.payload) for c in chunks])[1:]
     out, psnrs = [], [psnr(_shown(views[0].x, None), original)]
-    for chunk, view in zip(chunks, views[1:]):
-        cum_bytes += CHUNK_FRAME_SIZE + len(chunk.payload)
-        best = fit_filter(view.stats, 8 * cum_bytes, slope_db) if view.stats is not None and slope_db else None
+    for k, (chunk, view) in enumerate(zip(chunks, views[1:])):
+        best = fit_filter(view.stats, 8.0 * cum_bytes[k:], slope_db) if view.stats is not None and slope_db else None
         rung_filter = best[0] if best is not None else None
         if rung_filter is not None:
             wrapped = wrap_filtered(replace(chunk, check=rung_filter.checked(chunk.check)), pack_filter(rung_filter))
-            cum_bytes += len(wrapped.payload) - len(chunk.payload)
+            cum_bytes[k:] += len(wrapped.payload) - len(chunk.payload)
             chunk = wrapped
         out.append(chunk)
         psnrs.append(psnr(_shown(view.x, rung_filter), original))

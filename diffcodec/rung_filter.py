@@ -9,7 +9,7 @@ channels of the rung's shown image y (pixel units) and sends its quantised coeff
 
 g running over the pairs {o, -o} of a shape's offsets (the centre alone). Coefficients are integers n times
 q = 2^-p, coded under a Laplace of the encoder's scale. The encoder sends a filter only where its PSNR gain pays for
-its bits at the codec's own rate-distortion slope (`fit_filter`). Display only: the decoded chain never depends on a
+its bits, at the codec's own rate-distortion slope, at that rung and every later one that carries them (`fit_filter`). Display only: the decoded chain never depends on a
 filter, and the rung's check, made on the unrefined x_hat, is carried on over the filter (`RungFilter.checked`).
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,10 +164,15 @@ def _best_scale(n: np.ndarray) -> int:
     return min(range(SCALES), key=lambda s: _laplace_bits(n, s))
 
 
-def fit_filter(stats: FilterStats, rung_bits: float, slope_db: float) -> tuple[RungFilter, float, float] | None:
-    """The filter (shape and precision) with the best PSNR gain less its bits' cost at `slope_db` dB per doubling
-    of the rung's `rung_bits` (what the file costs up to this rung); with its gain in dB and its bytes. None when no
-    filter gains more than it costs."""
+def filter_cost(size: int, rung_bits: Sequence[float], slope_db: float) -> float:
+    """What `size` bytes more cost the ladder in dB: at `slope_db` dB per doubling of the rate, summed over the rungs
+    that carry them (`rung_bits`: the file's bits up to this rung and up to each later lossy rung)."""
+    return slope_db * sum(math.log2((r + 8 * size) / r) for r in rung_bits)
+
+
+def fit_filter(stats: FilterStats, rung_bits: Sequence[float], slope_db: float) -> tuple[RungFilter, float, int] | None:
+    """The filter (shape and precision) whose PSNR gain at its rung is furthest above its `filter_cost`; with that gain
+    in dB and its bytes. None when no filter gains more than it costs."""
     best, best_score = None, 0.0
     for shape in SHAPES:
         rows = _rows(shape)
@@ -179,7 +185,7 @@ def fit_filter(stats: FilterStats, rung_bits: float, slope_db: float) -> tuple[R
                 continue
             gain = 10 * math.log10(stats.residual.sum() / error)
             size = _HEAD.size + 4 * math.ceil((_laplace_bits(n, _best_scale(n)) + 32) / 32)  # whole words, flushed
-            score = gain - slope_db * math.log2((rung_bits + 8 * size) / rung_bits)
+            score = gain - filter_cost(size, rung_bits, slope_db)
             if score > best_score:
                 best, best_score = (f, gain, size), score
     return best
@@ -215,5 +221,5 @@ def unpack_filter(data: bytes, what: str) -> RungFilter:
     return RungFilter(shape, p, flat.reshape(3, -1))
 
 
-__all__ = ["SHAPES", "FilterStats", "RungFilter", "apply_filter", "filter_stats", "fit_filter", "pack_filter",
-           "unpack_filter"]
+__all__ = ["SHAPES", "FilterStats", "RungFilter", "apply_filter", "filter_cost", "filter_stats", "fit_filter",
+           "pack_filter", "unpack_filter"]

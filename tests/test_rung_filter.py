@@ -18,7 +18,8 @@ from diffcodec import codec
 from diffcodec.bitstream import (CODER_FILTERED, CODER_REC_POWER, CODER_UQ, Chunk, read_stream, unwrap_filtered,
                                  wrap_filtered, write_stream)
 from diffcodec.errors import BadInputError, BitstreamError, ModelError
-from diffcodec.rung_filter import SHAPES, RungFilter, apply_filter, filter_stats, fit_filter, pack_filter, unpack_filter
+from diffcodec.rung_filter import (SHAPES, RungFilter, apply_filter, filter_cost, filter_stats, fit_filter, pack_filter,
+                                   unpack_filter)
 
 from conftest import DEFAULT_WEIGHTS, KODIM01, KODIM20, SAMPLE, TINY_STEPS, model_with_codec_file, rgb_pixels
 from test_cli import cli, ok, strict_json
@@ -45,7 +46,7 @@ def blurred() -> tuple[torch.Tensor, torch.Tensor]:
 def test_the_fitted_filter_undoes_most_of_a_blur_and_predicts_its_gain(blurred) -> None:
     """On a blurred, shifted crop the chosen filter lowers the error by several dB, about as much as it predicts."""
     y, x = blurred
-    fitted = fit_filter(filter_stats(y, x), rung_bits=1e6, slope_db=1.0)
+    fitted = fit_filter(filter_stats(y, x), rung_bits=[1e6], slope_db=1.0)
     assert fitted is not None
     f, gain, size = fitted
     measured = 10 * math.log10(_mse(y, x) / _mse(apply_filter(f, y), x))
@@ -56,15 +57,27 @@ def test_the_fitted_filter_undoes_most_of_a_blur_and_predicts_its_gain(blurred) 
 def test_no_filter_when_its_bytes_cost_more_than_it_gains(blurred) -> None:
     """The same statistics at a tiny rate (the bytes would double it), or an image already right, give no filter."""
     y, x = blurred
-    assert fit_filter(filter_stats(y, x), rung_bits=8, slope_db=3.0) is None
-    assert fit_filter(filter_stats(x, x), rung_bits=1e6, slope_db=3.0) is None
+    assert fit_filter(filter_stats(y, x), rung_bits=[8], slope_db=3.0) is None
+    assert fit_filter(filter_stats(x, x), rung_bits=[1e6], slope_db=3.0) is None
+
+
+def test_a_filter_must_pay_for_every_rung_that_carries_it(blurred) -> None:
+    """A filter whose cost at its own rung is 0.6 of its gain is sent; carried by four more rungs of that size, it is
+    not (nor any other shape or precision); the cost adds up over the rungs."""
+    stats = filter_stats(*blurred)
+    _, gain, size = fit_filter(stats, rung_bits=[1e6], slope_db=3.0)
+    rung_bits = 8 * size / (2 ** (0.2 * gain) - 1)  # 3 log2(1 + 8 size / R) = 0.6 gain
+    assert filter_cost(size, [rung_bits], 3.0) == pytest.approx(0.6 * gain)
+    assert filter_cost(size, [rung_bits, 2 * rung_bits], 3.0) > filter_cost(size, [rung_bits], 3.0)
+    assert fit_filter(stats, [rung_bits], slope_db=3.0) is not None
+    assert fit_filter(stats, [rung_bits] * 5, slope_db=3.0) is None
 
 
 def test_filter_bytes_round_trip_and_refuse_damage(blurred) -> None:
     """pack_filter / unpack_filter give back the coefficients; an unknown shape, a cut head, a cut word or a cut
     coder is refused (the chunk's CRC guards the rest)."""
     y, x = blurred
-    f = fit_filter(filter_stats(y, x), rung_bits=1e6, slope_db=1.0)[0]
+    f = fit_filter(filter_stats(y, x), rung_bits=[1e6], slope_db=1.0)[0]
     data = pack_filter(f)
     got = unpack_filter(data, "test")
     assert (got.shape, got.precision) == (f.shape, f.precision) and np.array_equal(got.coefficients, f.coefficients)
