@@ -141,7 +141,7 @@ def _shown(x: torch.Tensor, rung_filter: RungFilter | None) -> np.ndarray:
     """A rung's view x in [-1, 1] as pixels, through the file's filter of that rung when it has one."""
     if rung_filter is None:
         return _to_uint8(x)
-    return _pixels_uint8(apply_filter(rung_filter, to_pixel_units(x.cpu()).float()))
+    return _pixels_uint8(apply_filter(rung_filter, to_pixel_units(x.cpu())))
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def _with_filters(header: Header, chunks: list[Chunk], views: list[_View], slope
     `slope_db`, on what the file costs up to that rung and each later one), and the PSNR of every lossy rung as the
     decoder shows it."""
     cum_bytes = np.cumsum([len(write_stream(header, []))] + [CHUNK_FRAME_SIZE + len(c.payload) for c in chunks])[1:]
-    out, psnrs = [], [psnr(_shown(views[0].x, None), original)]
+    out, psnrs = [], [psnr(_to_uint8(views[0].x), original)]
     for k, (chunk, view) in enumerate(zip(chunks, views[1:])):
         best = fit_filter(view.stats, 8.0 * cum_bytes[k:], slope_db) if view.stats is not None and slope_db is not None else None
         rung_filter = best[0] if best is not None else None
@@ -408,7 +408,7 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
         header = replace(header, check=rung_check(ladder.unrefined().tobytes()))
         coded, coder_ids, checks, kls, shown = [], [], [], [], []
         slope_db = loaded.coding.filter_slope
-        original = pixels.float()
+        original = pixels.float().cpu()  # what the filter statistics compare each rung's view with
 
         def measure() -> None:  # the rung shown and its filter statistics, on `shower`: a post-filter pass the step
             show = ladder.shown_later()  # context did not make runs there, on the core the chain's calls leave idle
@@ -416,7 +416,7 @@ def encode_report(image: str | Path | Image.Image | np.ndarray, model: str | Pat
 
             def view() -> _View:
                 x_shown = show()
-                return _View(x_shown, filter_stats(to_pixel_units(x_shown.cpu()), original.cpu()) if filtered else None)
+                return _View(x_shown, filter_stats(to_pixel_units(x_shown.cpu()), original) if filtered else None)
 
             shown.append(shower.submit(view))
 

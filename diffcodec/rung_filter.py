@@ -88,7 +88,6 @@ class FilterStats:
     gram: np.ndarray  # (3 U + 1, 3 U + 1) float64
     cross: np.ndarray  # (3, 3 U + 1)
     residual: np.ndarray  # (3,)
-    pixels: int  # H W
 
 
 def _padded(y: Tensor) -> Tensor:
@@ -126,7 +125,7 @@ def filter_stats(y: Tensor, x: Tensor, rows_per_block: int = 64) -> FilterStats:
         gram += (a @ a.T).numpy()
         cross += (t @ a.T).numpy()
         residual += t.square().sum(1).numpy()
-    return FilterStats(gram, cross, residual, y.shape[1] * y.shape[2])
+    return FilterStats(gram, cross, residual)
 
 
 def _quantise(m: np.ndarray, v: np.ndarray, q: float) -> np.ndarray:
