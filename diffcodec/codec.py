@@ -160,7 +160,7 @@ def _with_filters(header: Header, chunks: list[Chunk], views: list[_View], slope
     cum_bytes = np.cumsum([len(write_stream(header, []))] + [CHUNK_FRAME_SIZE + len(c.payload) for c in chunks])[1:]
     out, psnrs = [], [psnr(_to_uint8(views[0].x), original)]
     for k, (chunk, view) in enumerate(zip(chunks, views[1:])):
-        best = fit_filter(view.stats, 8.0 * cum_bytes[k:], slope_db) if view.stats is not None and slope_db is not None else None
+        best = None if view.stats is None or slope_db is None else fit_filter(view.stats, 8.0 * cum_bytes[k:], slope_db)
         rung_filter = best[0] if best is not None else None
         if rung_filter is not None:
             wrapped = wrap_filtered(replace(chunk, check=rung_filter.checked(chunk.check)), pack_filter(rung_filter))

@@ -9,8 +9,9 @@ channels of the rung's shown image y (pixel units) and sends its quantised coeff
 
 g running over the pairs {o, -o} of a shape's offsets (the centre alone). Coefficients are integers n times
 q = 2^-p, coded under a Laplace of the encoder's scale. The encoder sends a filter only where its PSNR gain pays for
-its bits, at the codec's own rate-distortion slope, at that rung and every later one that carries them (`fit_filter`). Display only: the decoded chain never depends on a
-filter, and the rung's check, made on the unrefined x_hat, is carried on over the filter (`RungFilter.checked`).
+its bits, at the codec's own rate-distortion slope, at that rung and every later one that carries them
+(`fit_filter`). Display only: the decoded chain never depends on a filter, and the rung's check, made on the
+unrefined x_hat, is carried on over the filter (`RungFilter.checked`).
 """
 
 from __future__ import annotations

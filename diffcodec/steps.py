@@ -309,8 +309,8 @@ class Coding:
     def __post_init__(self) -> None:
         if isinstance(self.rec_margin, list):  # as codec.json gives it
             object.__setattr__(self, "rec_margin", tuple(self.rec_margin))
-        if self.filter_slope is not None and not (isinstance(self.filter_slope, (int, float))
-                                                  and not isinstance(self.filter_slope, bool) and self.filter_slope > 0):
+        slope = self.filter_slope
+        if slope is not None and (isinstance(slope, bool) or not isinstance(slope, (int, float)) or slope <= 0):
             raise BadInputError(f"filter_slope must be a number of dB above 0 (or absent), got {self.filter_slope!r}")
 
     def override(self, coder: str | None = None, rec_steps: int | None = None, posterior: str | None = None,
