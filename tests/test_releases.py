@@ -9,7 +9,8 @@ further; 27e5f68: steps 4-5 of it refitted on the post-filter shown, grouped ste
 grouped REC steps in one range coder, `rec-stream`; 36dc43d: `rec-stream-wide`; f4b917e: margin 3 at every step;
 ded25f7: rung filters, every step chunk `filtered`: that one encoded with the model's codec.json at `filter_slope`
 0.05, so that a 64 x 64 crop carries them; 6538dc8: steps 4-5 of the step context refitted on the post-filter
-whose rungs 3-4 were trained further)."""
+whose rungs 3-4 were trained further; f3e191a: step 4 of it refitted on the post-filter whose rung 3 was trained
+further)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from diffcodec.zoo import load_model
 from conftest import DATA, DEFAULT_WEIGHTS, KODIM01, rgb_pixels
 
 RELEASES = ("0feee64", "a1c4899", "acf4339", "1d0a700", "4d12d17", "189cc2c", "f875e4d", "dc92596", "0e6cf9b", "27e5f68",
-            "22b52cc", "36dc43d", "f4b917e", "ded25f7", "6538dc8")
+            "22b52cc", "36dc43d", "f4b917e", "ded25f7", "6538dc8", "f3e191a")
 
 
 @pytest.mark.parametrize("release", RELEASES)
