@@ -14,7 +14,7 @@ import diffcodec
 from diffcodec.bitstream import CHUNK_FRAME_SIZE, CODER_FILTERED, CODER_REC_STREAM, CODER_REC_STREAM_WIDE, read_stream
 from diffcodec.errors import BitstreamError
 
-from conftest import DATA, DEFAULT_WEIGHTS, KODIM01, rgb_pixels
+from conftest import DEFAULT_WEIGHTS, KODIM01, release_file, rgb_pixels
 from fuzzing import KINDS, Mutation, outcome
 
 CROP = np.ascontiguousarray(rgb_pixels(KODIM01)[20:28, 30:40])  # 10 x 8 of a real photo: a small file
@@ -78,7 +78,7 @@ def test_crafted_damage_inside_a_rec_stream_chunk_fails_cleanly(release: str, co
     """Bytes changed inside the one range coder of a grouped REC step, or inside a filtered chunk (its filter or its
     step), in a release file and the default model (CRCs recomputed, so only the decoder can tell): every case decodes
     to the encoder's rungs or fails with a DiffcodecError."""
-    data = (DATA / "releases" / f"{release}.dcz").read_bytes()
+    data = release_file(release)
     stream = read_stream(data)
     spans = [span for chunk, span in zip(stream.chunks, stream.spans) if chunk.coder == coder]
     assert spans

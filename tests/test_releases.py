@@ -10,7 +10,12 @@ grouped REC steps in one range coder, `rec-stream`; 36dc43d: `rec-stream-wide`; 
 ded25f7: rung filters, every step chunk `filtered`: that one encoded with the model's codec.json at `filter_slope`
 0.05, so that a 64 x 64 crop carries them; 6538dc8: steps 4-5 of the step context refitted on the post-filter
 whose rungs 3-4 were trained further; f3e191a: step 4 of it refitted on the post-filter whose rung 3 was trained
-further)."""
+further; 8b3a817: step 5 of it refitted on the post-filter whose rung 4 was trained further).
+
+The U-Net's float kernels differ between CPU kinds, and so do the pixels it gives. A file decodes exactly only where its
+rung 0 (the U-Net's x_hat from the seed) comes out as on the machine that wrote it. All files up to f3e191a were
+written on one kind of CPU, and 8b3a817 on another (AMD EPYC with AVX2 and no AVX-512). A file whose rung 0 differs here is
+skipped, with the reason."""
 
 from __future__ import annotations
 
@@ -21,15 +26,17 @@ import diffcodec
 from diffcodec.bitstream import read_stream
 from diffcodec.zoo import load_model
 
-from conftest import DATA, DEFAULT_WEIGHTS, KODIM01, rgb_pixels
+from conftest import DEFAULT_WEIGHTS, KODIM01, release_file, rgb_pixels
+
 
 RELEASES = ("0feee64", "a1c4899", "acf4339", "1d0a700", "4d12d17", "189cc2c", "f875e4d", "dc92596", "0e6cf9b", "27e5f68",
-            "22b52cc", "36dc43d", "f4b917e", "ded25f7", "6538dc8", "f3e191a")
+            "22b52cc", "36dc43d", "f4b917e", "ded25f7", "6538dc8", "f3e191a",
+            "8b3a817")
 
 
 @pytest.mark.parametrize("release", RELEASES)
 def test_a_file_of_an_earlier_release_decodes_exactly(release: str) -> None:
-    data = (DATA / "releases" / f"{release}.dcz").read_bytes()
+    data = release_file(release)
     assert read_stream(data).header.weights_hash == load_model(DEFAULT_WEIGHTS).weights_hash
     rungs = diffcodec.decode_rungs(data)  # every rung is checked against the encoder's
     assert np.array_equal(rungs[-1].pixels, rgb_pixels(KODIM01))

@@ -25,7 +25,7 @@ from diffcodec.errors import BadInputError, BitstreamError, ModelError
 from diffcodec.train.step_context import StepContextOptions, train_step_context
 from diffcodec.zoo import load_model
 
-from conftest import KODIM01, KODIM15, copy_default, rgb_pixels
+from conftest import KODIM01, KODIM15, copy_default, release_file, rgb_pixels
 
 STEPS = 5  # the default model's codec.json: all five steps by Gaussian REC, chunks out of reach by UQ (rec_escape)
 GROUPED_IDS = {None: [CODER_REC_STREAM_WIDE] * 5, 4: [CODER_REC_STREAM_WIDE] * 4 + [CODER_UQ_PACKED]}
@@ -94,7 +94,7 @@ def test_the_first_grouped_layout_still_decodes(grouped_model: Path, always_grou
 
 def test_a_release_file_rewritten_in_the_first_layout_decodes_alike() -> None:
     """The packed REC chunk of a release file, its parts given back their prefix bytes and u32 lengths."""
-    stream = read_stream((Path(__file__).parent / "data" / "releases" / "27e5f68.dcz").read_bytes())
+    stream = read_stream(release_file("27e5f68"))
     old = [first_layout(c) if c.coder == CODER_REC_ESCAPE_PACKED else c for c in stream.chunks]
     assert CODER_REC_ESCAPE_GROUPED in [c.coder for c in old]
     data = write_stream(stream.header, old)
