@@ -30,8 +30,7 @@ from conftest import DEFAULT_WEIGHTS, KODIM01, release_file, rgb_pixels
 
 
 RELEASES = ("0feee64", "a1c4899", "acf4339", "1d0a700", "4d12d17", "189cc2c", "f875e4d", "dc92596", "0e6cf9b", "27e5f68",
-            "22b52cc", "36dc43d", "f4b917e", "ded25f7", "6538dc8", "f3e191a",
-            "8b3a817")
+            "22b52cc", "36dc43d", "f4b917e", "ded25f7", "6538dc8", "f3e191a", "8b3a817")
 
 
 @pytest.mark.parametrize("release", RELEASES)
