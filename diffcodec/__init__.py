@@ -17,7 +17,7 @@ from .codec import (
     iter_rungs,
     psnr,
 )
-from .errors import BadInputError, BitstreamError, DiffcodecError, ModelError
+from .errors import BadInputError, BitstreamError, DiffcodecError, ModelError, ReconstructionCheckError
 
 __all__ = [
     "BadInputError",
@@ -25,6 +25,7 @@ __all__ = [
     "DiffcodecError",
     "EncodeResult",
     "ModelError",
+    "ReconstructionCheckError",
     "Rung",
     "decode",
     "decode_image",

@@ -36,7 +36,7 @@ from .context import (CONTEXT_FILE, GROUPS, HASH_SIZE, ChainEnd, PixelContext, d
 from .entropy import decode_symbols
 from .step_context import GroupedCoder, grouped_coders, grouped_receiver, part_coder
 from .steps import Coded, StepCoder, StepContext, code_symbols, flat, receiver, start
-from .errors import BadInputError, BitstreamError, ModelError
+from .errors import BadInputError, BitstreamError, ModelError, ReconstructionCheckError
 from .image import SourceImage, load_image, to_pil
 from .uqdm import (
     UQDM,
@@ -485,9 +485,9 @@ def _verify(k: int, pixels: np.ndarray, expected: int, rung_filter: RungFilter |
     check = rung_check(pixels.tobytes())
     if (check if rung_filter is None else rung_filter.checked(check)) != expected:
         verified = f"; rungs 0 to {k - 1} decoded correctly" if k else ""
-        raise BitstreamError(
+        raise ReconstructionCheckError(
             f"rung {k} fails its reconstruction check: this decoder computes different pixels than the encoder "
-            f"did (another CPU/GPU, thread count or torch version), so it cannot give the right image{verified}"
+            f"did (another CPU/GPU, thread count or torch version), so it cannot give the right image{verified}", k
         )
 
 

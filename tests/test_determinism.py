@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import diffcodec
-from diffcodec import BitstreamError
+from diffcodec import BitstreamError, ReconstructionCheckError
 from diffcodec.bitstream import read_stream, rung_check, write_stream
 from diffcodec.codec import RECONS, iter_rungs
 from diffcodec.uqdm import UQDM
@@ -47,8 +47,9 @@ def test_a_rung_whose_check_differs_is_refused(rung: int, recon: str, tiny_model
     bad = with_check(stream20, rung, read_stream(stream20).header.check ^ 0x1 if rung == 0 else 12345)
     shown = [r.rung for r in _until_error(iter_rungs(bad, recon, model=tiny_model))]
     assert shown == list(range(rung))  # every rung before it is shown, that one is refused
-    with pytest.raises(BitstreamError, match=f"rung {rung} fails its reconstruction check"):
+    with pytest.raises(ReconstructionCheckError, match=f"rung {rung} fails its reconstruction check") as refused:
         diffcodec.decode(bad, model=tiny_model, recon=recon)
+    assert refused.value.rung == rung and isinstance(refused.value, BitstreamError)
     if rung > 0:  # a lower rung does not need the bad check
         assert np.array_equal(diffcodec.decode(bad, rung - 1, model=tiny_model, recon=recon),
                               diffcodec.decode(stream20, rung - 1, model=tiny_model, recon=recon))
@@ -80,8 +81,8 @@ def test_a_decoder_with_other_floats_never_gives_a_wrong_image(noise: float, mon
     try:
         for r in iter_rungs(stream20, model=tiny_model):
             shown.append(r)
-    except BitstreamError as e:
-        assert f"rung {len(shown)} fails its reconstruction check" in str(e)
+    except ReconstructionCheckError as e:
+        assert e.rung == len(shown) and f"rung {len(shown)} fails its reconstruction check" in str(e)
     assert all(np.array_equal(r.pixels, e.pixels) for r, e in zip(shown, expected))
     if noise >= 1e-1:
         assert len(shown) < len(expected)
