@@ -487,7 +487,7 @@ def _verify(k: int, pixels: np.ndarray, expected: int, rung_filter: RungFilter |
         verified = f"; rungs 0 to {k - 1} decoded correctly" if k else ""
         raise ReconstructionCheckError(
             f"rung {k} fails its reconstruction check: this decoder computes different pixels than the encoder "
-            f"did (another CPU/GPU, thread count or torch version), so it cannot give the right image{verified}", k
+            f"did (another CPU/GPU, thread count or torch version), so it cannot give the right image{verified}", rung=k
         )
 
 
