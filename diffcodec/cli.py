@@ -202,7 +202,8 @@ def encode(
     coder: Optional[Coder] = typer.Option(None, "--coder", help="how steps are sent: uq (universal quantization), "
                                           "rec (shared-seed relative entropy coding, slow at late steps), hybrid (rec "
                                           "for the first --rec-steps steps, then uq); recorded in the file (default: "
-                                          "the model's choice: hybrid, 4 gaussian rec steps, for the default model)"),
+                                          "the model's choice in its codec.json; the default model's: every step by "
+                                          "gaussian rec)"),
     rec_steps: Optional[int] = typer.Option(None, "--rec-steps", min=0, help="with hybrid: steps sent by rec "
                                             "(default: the model's choice, else half of them)"),
     posterior: Optional[Posterior] = typer.Option(None, "--posterior", help="posterior sent by rec: uniform (the "
