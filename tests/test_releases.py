@@ -16,8 +16,8 @@ sizes, naming the post-filter whose rung 5 was trained further again).
 
 The U-Net's float kernels differ between CPU kinds, and so do the pixels it gives. A file decodes exactly only where its
 rung 0 (the U-Net's x_hat from the seed) comes out as on the machine that wrote it. All files up to f3e191a were
-written on one kind of CPU, and 8b3a817, a9d3eef and ba996a5 on another (AMD EPYC with AVX2 and no AVX-512). A file whose rung 0 differs here is
-skipped, with the reason."""
+written on one kind of CPU, and 8b3a817, a9d3eef and ba996a5 on another (AMD EPYC with AVX2 and no AVX-512). A file
+whose rung 0 differs here is skipped, with the reason."""
 
 from __future__ import annotations
 
@@ -32,8 +32,7 @@ from conftest import DEFAULT_WEIGHTS, KODIM01, release_file, rgb_pixels
 
 
 RELEASES = ("0feee64", "a1c4899", "acf4339", "1d0a700", "4d12d17", "189cc2c", "f875e4d", "dc92596", "0e6cf9b", "27e5f68",
-            "22b52cc", "36dc43d", "f4b917e", "ded25f7", "6538dc8", "f3e191a", "8b3a817", "a9d3eef",
-            "ba996a5")
+            "22b52cc", "36dc43d", "f4b917e", "ded25f7", "6538dc8", "f3e191a", "8b3a817", "a9d3eef", "ba996a5")
 
 
 @pytest.mark.parametrize("release", RELEASES)
