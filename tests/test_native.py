@@ -17,7 +17,7 @@ from diffcodec.rec.score import GaussianScreen
 def search_one_chunk(m: int) -> tuple[np.ndarray, np.ndarray] | None:
     """`native.search` of one chunk of m elements, 2 candidates."""
     streams = rng.chunk_streams(0, rng.REC_CANDIDATES, 0, np.array([0]))
-    return native.search(GaussianScreen(*toy_step(m)), streams, np.arange(m), np.array([0, m]), np.zeros((2, 1)))
+    return native.search(GaussianScreen(*toy_step(m)), streams, np.arange(m), np.array([0, m]), np.ones((2, 1)))
 
 
 @pytest.fixture
@@ -70,3 +70,33 @@ def test_a_chunk_of_any_length_is_searched_by_the_kernel() -> None:
     j, k = found
     raw = rng.lanes16(rng.chunk_generator(0, rng.REC_CANDIDATES, 0, 0).bit_generator.random_raw((2, rng.draw_words(m, 16))))
     assert np.array_equal(k, raw[int(j[0]), :m])
+
+
+def test_keys_the_float32_screen_cannot_tell_apart_are_decided_exactly() -> None:
+    """Chunks of one element whose key is -n (n quad + lin) = (n - lin / 2)^2 - lin^2 / 4 (quad -1, all arrivals at
+    T = 1), lin / 2 midway between neighbouring table values n_v and n_v+1 that first turn up a few rows apart, v
+    first: the exact keys of the two tie (v's row wins), the float32 screen puts v + 1 first, and the kernel must
+    score them exactly to pick what an exact search picks."""
+    if not native.available():
+        pytest.skip("no C compiler here")
+    chunks, count = 8, 1 << 16
+    screen = GaussianScreen(*toy_step(chunks))
+    t, t32 = screen.table, screen.table32.astype(np.float64)
+    ks = [rng.lanes16(rng.chunk_generator(7, rng.REC_CANDIDATES, 1, c).bit_generator.random_raw((count, 1)))[:, 0]
+          for c in range(chunks)]
+    for c, k in enumerate(ks):  # choose v for chunk c
+        values, first = np.unique(k, return_index=True)
+        v = values[:-1][(np.diff(values) == 1) & (np.diff(first) > 0) & (np.diff(first) < 64)]
+        mid = t[v] + t[v + 1]
+        rough = [0.0 - n * (n * -1.0 + mid) for n in (t32[v], t32[v + 1])]
+        exact = [0.0 - n * (n * -1.0 + mid) for n in (t[v], t[v + 1])]
+        screen.lin[c] = mid[(rough[1] < rough[0]) & (exact[0] <= exact[1])][0]
+    screen.quad[:] = -1.0
+    gaps = np.zeros((count, chunks))
+    gaps[0] = 1.0
+    ids = np.arange(chunks)
+    found = native.search(screen, rng.chunk_streams(7, rng.REC_CANDIDATES, 1, ids), ids, np.arange(chunks + 1), gaps)
+    assert found is not None
+    for c, k in enumerate(ks):
+        j = int(np.argmin(0.0 - t[k] * (t[k] * -1.0 + screen.lin[c])))  # the first row of the smallest exact key
+        assert found[0][c] == j and found[1][c] == k[j]

@@ -219,13 +219,12 @@ def _screened_batch(screen: GaussianScreen, seed: int, step: int, chunks: list[t
     ids = [c for c, _, _ in chunks]
     # the arrival times are the encoder's own: chunk k's are column k of the stream of the batch's first chunk (for
     # a lone chunk the stream `_select` reads)
-    times = rng.chunk_generator(seed, rng.REC_TIMES, step, ids[0]).standard_exponential((count, len(chunks)))
-    log_t = np.log(np.cumsum(times, axis=0))  # (count, chunks)
+    gaps = rng.chunk_generator(seed, rng.REC_TIMES, step, ids[0]).standard_exponential((count, len(chunks)))
     found = native.search(screen, rng.chunk_streams(seed, rng.REC_CANDIDATES, step, np.asarray(ids)), cols, offsets,
-                          log_t) if native.available() else None
+                          gaps) if native.available() else None
     if found is None:
         draws = [rng.chunk_generator(seed, rng.REC_CANDIDATES, step, c).bit_generator for c in ids]
-        found = _numpy_search(screen, draws, cols, offsets, log_t)
+        found = _numpy_search(screen, draws, cols, offsets, np.log(np.cumsum(gaps, axis=0)))  # log T (count, chunks)
     best_j, best_raw = found
     v = rng.unit16(best_raw)
     return [(int(j), v[a : a + m][None]) for j, a, m in zip(best_j.tolist(), offsets.tolist(), ms)]

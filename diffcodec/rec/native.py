@@ -71,7 +71,8 @@ def _kernel() -> ctypes._CFuncPtr | None:
         return None
     ptr = np.ctypeslib.ndpointer
     fn.argtypes = [ctypes.c_int64, ptr(np.uint64, flags="C"), ptr(np.int64, flags="C"), ptr(np.float64, flags="C"),
-                   ptr(np.float64, flags="C"), ptr(np.float64, flags="C"), ctypes.c_int64, ptr(np.float64, flags="C"),
+                   ptr(np.float64, flags="C"), ptr(np.float64, flags="C"), ptr(np.float32, flags="C"), ctypes.c_int64,
+                   ptr(np.float64, flags="C"),
                    ptr(np.int64, flags="C"), ptr(np.uint16, flags="C")]
     fn.restype = None
     return fn
@@ -83,16 +84,18 @@ def available() -> bool:
 
 
 def search(screen: GaussianScreen, streams: np.ndarray, cols: np.ndarray, offsets: np.ndarray,
-           log_t: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+           gaps: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(j* (chunks,), the winning rows' 16-bit draws (columns,)) of Gaussian chunks searched exactly by the kernel, or
     None when it is not available (the arguments of `coder._numpy_search`, but the chunks' candidate streams as
-    `rng.chunk_streams` words (chunks, 4)): chunk k's columns are offsets[k] .. offsets[k + 1] - 1, column e scores
-    element cols[e] by `screen`, and log_t (count, chunks) holds the arrival times."""
+    `rng.chunk_streams` words (chunks, 4), and the arrivals as their gaps): chunk k's columns are offsets[k] ..
+    offsets[k + 1] - 1, column e scores element cols[e] by `screen`, and gaps (count, chunks) holds the exponential
+    gaps between the arrival times, T_j = gaps[0, k] + ... + gaps[j, k] (the kernel takes log T with the C library's
+    log, which gives numpy's values here)."""
     fn = _kernel()
     if fn is None:
         return None
-    chunks, count = len(offsets) - 1, log_t.shape[0]
+    chunks, count = len(offsets) - 1, gaps.shape[0]
     best_j, best_k = np.zeros(chunks, np.int64), np.zeros(int(offsets[-1]), np.uint16)
     fn(chunks, np.ascontiguousarray(streams, np.uint64), np.ascontiguousarray(offsets, np.int64), screen.quad[cols],
-       screen.lin[cols], screen.table, count, np.ascontiguousarray(log_t, np.float64), best_j, best_k)
+       screen.lin[cols], screen.table, screen.table32, count, np.array(gaps.T, np.float64, order="C"), best_j, best_k)
     return best_j, best_k
