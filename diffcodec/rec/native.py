@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 SOURCE = Path(__file__).with_name("search.c")
 FLAGS = ["-O3", "-ffp-contract=off", "-fPIC", "-shared"]
+LIBS = ["-lm"]  # after the source: the kernel takes log T
 
 
 def cache_dir() -> Path:
@@ -42,7 +43,7 @@ def _compiler() -> str | None:
 
 def _build(cc: str) -> Path | None:
     source = SOURCE.read_bytes()
-    tag = hashlib.sha256(source + " ".join([cc, *FLAGS, sys.platform]).encode()).hexdigest()[:16]
+    tag = hashlib.sha256(source + " ".join([cc, *FLAGS, *LIBS, sys.platform]).encode()).hexdigest()[:16]
     lib = cache_dir() / f"rec_search_{tag}.so"
     if lib.is_file():
         return lib
@@ -50,7 +51,8 @@ def _build(cc: str) -> Path | None:
         lib.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
             out = Path(tmp) / lib.name
-            subprocess.run([cc, *FLAGS, "-o", str(out), str(SOURCE)], check=True, capture_output=True, timeout=120)
+            command = [cc, *FLAGS, "-o", str(out), str(SOURCE), *LIBS]
+            subprocess.run(command, check=True, capture_output=True, timeout=120)
             os.replace(out, lib)  # atomic: a concurrent build writes the same bytes
     except (OSError, subprocess.SubprocessError):
         return None
