@@ -92,8 +92,9 @@ void rec_search(int64_t chunks, const uint64_t *streams, const int64_t *offsets,
         u128 inc = ((u128)streams[4 * c + 2] << 64) | streams[4 * c + 3];
         u128 start = ((u128)streams[4 * c] << 64) | streams[4 * c + 1];
         int64_t a = offsets[c], m = offsets[c + 1] - a, words = (m + 3) / 4;
-        const double *q = quad + a, *l = lin + a, *lt = gaps + c * count;
-        log_arrivals(gaps + c * count, count);
+        const double *q = quad + a, *l = lin + a;
+        double *lt = gaps + c * count;
+        log_arrivals(lt, count);
         double eps = tolerance(m, q, l, table, lt, count);
         u128 state[LANES], row_start[LANES], kept[LANES];
         double rough[LANES], exact[LANES];
@@ -121,8 +122,12 @@ void rec_search(int64_t chunks, const uint64_t *streams, const int64_t *offsets,
                 int64_t j = r * per + t;
                 if (j >= count) continue;
                 double key = lt[j] - sum[r];
-                int better = won[r] < 0 || key + eps < rough[r] - eps;  /* surely smaller, so the exact key is too */
-                if (!better && !(key - eps > rough[r] + eps)) {  /* too close to tell (or NaN): score both exactly */
+                if (won[r] < 0 || key + eps < rough[r] - eps) {  /* surely smaller, so the exact key is too */
+                    rough[r] = key;
+                    sure[r] = 0;
+                    won[r] = j;
+                    kept[r] = row_start[r];
+                } else if (!(key - eps > rough[r] + eps)) {  /* too close to tell (or NaN): score both exactly */
                     if (!sure[r]) exact[r] = exact_key(kept[r], inc, m, q, l, table, lt[won[r]]);
                     sure[r] = 1;
                     double x = exact_key(row_start[r], inc, m, q, l, table, lt[j]);
@@ -132,11 +137,6 @@ void rec_search(int64_t chunks, const uint64_t *streams, const int64_t *offsets,
                         won[r] = j;
                         kept[r] = row_start[r];
                     }
-                } else if (better) {
-                    rough[r] = key;
-                    sure[r] = 0;
-                    won[r] = j;
-                    kept[r] = row_start[r];
                 }
             }
         }
